@@ -1,0 +1,165 @@
+"""One real PostgreSQL database (made by the migrations) and one Redis db for the whole run.
+
+Servers: TEST_DATABASE_URL / TEST_REDIS_URL when set, else the local servers on 127.0.0.1 when
+they answer, else embedded ones (see wallet_api/local_services.py). The suite creates its own
+database and drops it at the end; it uses Redis db 15 of a shared local server. Between tests
+every table is emptied and Redis flushed, so tests may commit, use many connections and run
+real worker processes.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg2
+import pytest
+from redis import Redis
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from wallet_api import create_app
+from wallet_api.auth.models import Role, User
+from wallet_api.auth.tokens import issue_access_token
+from wallet_api.config import Settings
+from wallet_api.extensions import db
+from wallet_api.local_services import LOCAL_REDIS, resolve_test_services, with_database
+from wallet_api.wallets.system_wallets import ensure_system_wallets
+
+TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef-0123456789"
+TEST_REFRESH_SECRET = "test-refresh-secret-0123456789abcdef-012345"
+TEST_WEBHOOK_SECRET = "wk_test_webhook_secret"
+TEST_MOONPAY_SECRET = "sk_test_moonpay_secret"
+KEPT_TABLES = {"alembic_version"}
+
+
+@pytest.fixture(scope="session")
+def services():
+    admin_url, redis_url = resolve_test_services()
+    if redis_url == LOCAL_REDIS:
+        redis_url = redis_url.rsplit("/", 1)[0] + "/15"  # never touch db 0 of a shared server
+    name = f"wallet_api_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    yield with_database(admin_url, name), redis_url
+    with conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def settings(services) -> Settings:
+    database_url, redis_url = services
+    return make_settings(database_url=database_url, redis_url=redis_url)
+
+
+def make_settings(**overrides) -> Settings:
+    base = dict(app_env="test", jwt_secret=TEST_JWT_SECRET, jwt_refresh_secret=TEST_REFRESH_SECRET,
+                moonpay_webhook_secret=TEST_WEBHOOK_SECRET, moonpay_secret_key=TEST_MOONPAY_SECRET,
+                moonpay_publishable_key="pk_test_key", ratelimit_enabled=False,
+                db_pool_size=20, db_max_overflow=20, log_level="WARNING")
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture(scope="session")
+def app(settings):
+    from flask_migrate import upgrade
+
+    app = create_app(settings)
+    with app.app_context():
+        upgrade()  # the migrations are the only way the schema is made
+        db.session.remove()
+    return app
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(request, settings):
+    yield
+    if "app" not in request.fixturenames:
+        return
+    app = request.getfixturevalue("app")
+    with app.app_context():
+        db.session.remove()
+        tables = [t for t in db.metadata.sorted_tables if t.name not in KEPT_TABLES]
+        with db.engine.begin() as conn:
+            conn.execute(text("SET LOCAL wallet.allow_ledger_truncate = on"))
+            existing = set(conn.execute(text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
+            names = ", ".join(f'"{t.name}"' for t in tables if t.name in existing)
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        ensure_system_wallets(db.session)
+        db.session.commit()
+        db.session.remove()
+    Redis.from_url(settings.redis_url).flushdb()
+
+
+@pytest.fixture
+def app_ctx(app):
+    with app.app_context():
+        yield app
+        db.session.remove()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def redis_client(settings) -> Redis:
+    return Redis.from_url(settings.redis_url)
+
+
+@pytest.fixture(scope="session")
+def _cheap_password_hash():
+    # Users made by the factory skip the deliberately slow argon2 cost; auth tests use the API.
+    from argon2 import PasswordHasher
+
+    return PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(FACTORY_PASSWORD)
+
+
+FACTORY_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def make_user(app, _cheap_password_hash):
+    """make_user(email=None, role="USER") -> User (committed, detached-safe attributes loaded)."""
+
+    def make(email: str | None = None, role: str = Role.USER.value) -> User:
+        with app.app_context():
+            user = User(email=email or f"user-{uuid.uuid4().hex[:10]}@example.com",
+                        password_hash=_cheap_password_hash, role=role)
+            db.session.add(user)
+            db.session.commit()
+            db.session.refresh(user)
+            db.session.expunge(user)
+            return user
+
+    return make
+
+
+@pytest.fixture
+def auth_headers(app):
+    """auth_headers(user) -> {"Authorization": "Bearer <access token>"}."""
+
+    def headers(user: User) -> dict[str, str]:
+        with app.app_context():
+            return {"Authorization": f"Bearer {issue_access_token(user_id=user.id, role=user.role)}"}
+
+    return headers
+
+
+@pytest.fixture
+def user(make_user):
+    return make_user()
+
+
+@pytest.fixture
+def admin(make_user):
+    return make_user(role=Role.ADMIN.value)
+
+
+def database_name(url: str) -> str:
+    return make_url(url).database

@@ -1,0 +1,109 @@
+"""The application factory: one validated Settings object in, a configured Flask app out."""
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+
+from flask import Flask
+from flask_cors import CORS
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from wallet_api.config import Settings, load_settings
+from wallet_api.errors import register_error_handlers
+from wallet_api.extensions import api, db, jwt, limiter, migrate
+from wallet_api.logging import REQUEST_ID_HEADER, configure_logging, init_request_logging
+
+# Each domain's routes module exposes `blueprints`; order fixes the order of the OpenAPI tags.
+ROUTE_MODULES = (
+    "wallet_api.health.routes",
+    "wallet_api.auth.routes",
+    "wallet_api.wallets.routes",
+    "wallet_api.onramp.routes",
+    "wallet_api.admin.routes",
+)
+
+EXPOSED_HEADERS = [REQUEST_ID_HEADER, "X-RateLimit-Limit", "X-RateLimit-Remaining",
+                   "X-RateLimit-Reset", "Retry-After", "Idempotent-Replayed"]
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    configure_logging(level=settings.log_level, json=settings.log_json)
+
+    app = Flask(__name__)
+    app.config.update(_flask_config(settings))
+    if settings.trusted_proxy_count:
+        # Only the hops we run ourselves may set the client address; see docs/SECRETS_AND_ACCESS_CONTROL.md.
+        n = settings.trusted_proxy_count
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+
+    import wallet_api.models  # noqa: F401  (register every table)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=_migrations_dir())
+    jwt.init_app(app)
+    limiter.init_app(app)
+    api.init_app(app)
+    CORS(app, origins=list(settings.cors_allowed_origins), expose_headers=EXPOSED_HEADERS,
+         allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER])
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer",
+                                                       "bearerFormat": "JWT"})
+
+    init_request_logging(app)
+    register_error_handlers(app)
+    from wallet_api.auth.tokens import register_jwt_handlers
+
+    register_jwt_handlers(jwt)
+    for module in ROUTE_MODULES:
+        for blueprint in importlib.import_module(module).blueprints:
+            api.register_blueprint(blueprint)
+
+    from wallet_api.cli import register_cli
+
+    register_cli(app)
+    return app
+
+
+def _flask_config(settings: Settings) -> dict:
+    return {
+        "SETTINGS": settings,
+        "TESTING": settings.app_env == "test",
+        "PROPAGATE_EXCEPTIONS": False,
+        "MAX_CONTENT_LENGTH": settings.max_content_length,
+        "SQLALCHEMY_DATABASE_URI": settings.sqlalchemy_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": {
+            "pool_pre_ping": True,
+            "pool_size": settings.db_pool_size,
+            "max_overflow": settings.db_max_overflow,
+            "connect_args": {
+                "options": f"-c statement_timeout={settings.statement_timeout_ms}",
+                "application_name": "wallet_api",
+            },
+        },
+        "JWT_SECRET_KEY": settings.jwt_secret,
+        "JWT_ACCESS_TOKEN_EXPIRES": dt.timedelta(seconds=settings.access_token_ttl_seconds),
+        "JWT_TOKEN_LOCATION": ["headers"],
+        "JWT_ALGORITHM": "HS256",
+        "RATELIMIT_ENABLED": settings.ratelimit_enabled,
+        "RATELIMIT_STORAGE_URI": settings.redis_url,
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_KEY_PREFIX": "wallet_api:ratelimit",
+        "RATELIMIT_STRATEGY": "fixed-window",
+        "API_TITLE": "Wallet Platform API",
+        "API_VERSION": settings.version,
+        "OPENAPI_VERSION": "3.0.3",
+        "OPENAPI_URL_PREFIX": "/",
+        "OPENAPI_JSON_PATH": "openapi.json",
+        "OPENAPI_SWAGGER_UI_PATH": "/docs",
+        "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        "API_SPEC_OPTIONS": {
+            "info": {"description": "Custodial wallets on a double-entry ledger. "
+                                    "Amounts are decimal strings; errors use one JSON envelope."},
+        },
+    }
+
+
+def _migrations_dir() -> str:
+    from pathlib import Path
+
+    return str(Path(__file__).resolve().parent.parent / "migrations")

@@ -1,0 +1,249 @@
+"""Settings read once from the environment, validated all at once.
+
+`load_settings()` declares every variable, then seals: a misconfigured process names every
+missing or malformed variable in one error instead of failing on the first, and production
+refuses to start at all (see docs/STARTUP_SAFETY.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from environs import Env, EnvValidationError
+from marshmallow.validate import Length, OneOf, Range
+
+APP_ENVS = ("development", "test", "production")
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a runnable app; `problems` maps variable -> messages."""
+
+    def __init__(self, problems: Mapping[str, list[str]]):
+        self.problems = dict(problems)
+        lines = [f"  {name}: {'; '.join(msgs)}" for name, msgs in sorted(self.problems.items())]
+        super().__init__("Invalid configuration:\n" + "\n".join(lines))
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Limit strings in flask-limiter notation, one per category of DESIGN.md."""
+
+    auth: str = "5/minute"
+    admin_emergency: str = "2/minute"
+    wallet_write: str = "10/minute"
+    wallet_read: str = "30/minute"
+    transfers: str = "20/minute"
+    onramp: str = "15/minute"
+    admin: str = "60/minute"
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_env: str
+    database_url: str
+    redis_url: str
+    jwt_secret: str
+    jwt_refresh_secret: str
+    moonpay_webhook_secret: str
+    moonpay_secret_key: str
+    moonpay_publishable_key: str = "pk_test_placeholder"
+    moonpay_api_base_url: str = "https://api.moonpay.com"
+    moonpay_widget_base_url: str = "https://buy.moonpay.com"
+    cors_allowed_origins: tuple[str, ...] = ()
+    webhook_allowed_ips: str = ""
+    webhook_ip_allowlist_enforced: bool = False
+    trusted_proxy_count: int = 0
+    webhook_signature_tolerance_seconds: int = 300
+    webhook_max_body_bytes: int = 64 * 1024
+    webhook_stale_after_seconds: int = 600
+    webhook_max_attempts: int = 5
+    max_content_length: int = 1024 * 1024
+    access_token_ttl_seconds: int = 15 * 60
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    ledger_lock_timeout_ms: int = 5000
+    statement_timeout_ms: int = 15000
+    db_pool_size: int = 5
+    db_max_overflow: int = 5
+    idempotency_key_ttl_hours: int = 24
+    ratelimit_enabled: bool = True
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    rq_job_timeout_seconds: int = 60
+    wallet_reconciliation_interval_seconds: int = 15 * 60
+    provider_reconciliation_interval_seconds: int = 60 * 60
+    webhook_retry_interval_seconds: int = 5 * 60
+    alert_webhook_url: str | None = None
+    alert_balance_mismatch_threshold: str = "0.01"
+    alert_webhook_failure_threshold: int = 5
+    alert_credit_spike_threshold: str = "1000"
+    secret_rotation_dates: Mapping[str, dt.date | None] = field(default_factory=dict)
+    backup_dir: str = "backups"
+    backup_retention_days: int = 30
+    log_level: str = "INFO"
+    log_json: bool = False
+    version: str = "0.1.0"
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return normalise_database_url(self.database_url)
+
+    def replace(self, **changes) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+def normalise_database_url(url: str) -> str:
+    """Heroku-style `postgres://` names no SQLAlchemy dialect; pin psycopg2 explicitly."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
+
+
+ROTATED_SECRETS = ("JWT_SECRET", "JWT_REFRESH_SECRET", "MOONPAY_WEBHOOK_SECRET",
+                   "MOONPAY_SECRET_KEY", "DATABASE_PASSWORD")
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every variable; raise ConfigError naming all problems."""
+    env = _MappingEnv(os.environ if environ is None else environ)
+    values = _declare(env)
+    problems: dict[str, list[str]] = {}
+    try:
+        env.seal()
+    except EnvValidationError as exc:
+        for name, msgs in exc.error_messages.items():
+            problems[name] = list(msgs) if isinstance(msgs, (list, tuple)) else [str(msgs)]
+
+    app_env = values["app_env"]
+    if app_env == "production":
+        if not values["cors_allowed_origins"]:
+            problems.setdefault("CORS_ALLOWED_ORIGINS", []).append(
+                "Required in production (comma-separated origins, never '*').")
+    if "*" in (values["cors_allowed_origins"] or []):
+        problems.setdefault("CORS_ALLOWED_ORIGINS", []).append("'*' is not allowed; list origins.")
+    if not problems and values["webhook_allowed_ips"]:
+        from wallet_api.onramp.ip_guard import IpAllowlist
+
+        try:
+            IpAllowlist.parse(values["webhook_allowed_ips"])
+        except ValueError as exc:
+            problems["WEBHOOK_ALLOWED_IPS"] = [str(exc)]
+    if problems:
+        raise ConfigError(problems)
+
+    rate_limits = RateLimits(**values.pop("rate_limits"))
+    values["cors_allowed_origins"] = tuple(values["cors_allowed_origins"] or ())
+    values["alert_webhook_url"] = values["alert_webhook_url"] or None
+    return Settings(rate_limits=rate_limits, **values)
+
+
+class _MappingEnv(Env):
+    """environs reads os.environ; this one reads the mapping it is given (tests, tools)."""
+
+    def __init__(self, source: Mapping[str, str]):
+        super().__init__(eager=False)
+        self._source = dict(source)
+
+    def _get_value(self, env_key, default):
+        return self._source.get(env_key, default)
+
+
+def _declare(env: Env) -> dict:
+    secret = Length(min=MIN_SECRET_LENGTH, error=f"Must be at least {MIN_SECRET_LENGTH} characters.")
+    nonempty = Length(min=1, error="Must not be empty.")
+    positive = Range(min=1, error="Must be a positive integer.")
+    app_env = env.str("APP_ENV", "development", validate=OneOf(APP_ENVS))
+    in_production = app_env == "production"
+    defaults = Settings.__dataclass_fields__
+    limits = RateLimits()
+
+    def default(name):
+        return defaults[name].default
+
+    values = dict(
+        app_env=app_env,
+        database_url=env.str("DATABASE_URL", validate=_url_scheme("postgres", "postgresql",
+                                                                  "postgresql+psycopg2")),
+        redis_url=env.str("REDIS_URL", validate=_url_scheme("redis", "rediss", "unix")),
+        jwt_secret=env.str("JWT_SECRET", validate=secret),
+        jwt_refresh_secret=env.str("JWT_REFRESH_SECRET", validate=secret),
+        moonpay_webhook_secret=env.str("MOONPAY_WEBHOOK_SECRET", validate=nonempty),
+        moonpay_secret_key=env.str("MOONPAY_SECRET_KEY", validate=nonempty),
+        moonpay_publishable_key=env.str("MOONPAY_PUBLISHABLE_KEY", default("moonpay_publishable_key")),
+        moonpay_api_base_url=env.str("MOONPAY_API_BASE_URL", default("moonpay_api_base_url"),
+                                     validate=_url_scheme("http", "https")),
+        moonpay_widget_base_url=env.str("MOONPAY_WIDGET_BASE_URL", default("moonpay_widget_base_url"),
+                                        validate=_url_scheme("http", "https")),
+        cors_allowed_origins=env.list("CORS_ALLOWED_ORIGINS", []),
+        webhook_allowed_ips=env.str("WEBHOOK_ALLOWED_IPS", ""),
+        webhook_ip_allowlist_enforced=env.bool("WEBHOOK_IP_ALLOWLIST_ENFORCED", in_production),
+        trusted_proxy_count=env.int("TRUSTED_PROXY_COUNT", 0, validate=Range(min=0, max=10)),
+        webhook_signature_tolerance_seconds=env.int("WEBHOOK_SIGNATURE_TOLERANCE_SECONDS", 300,
+                                                    validate=positive),
+        webhook_max_body_bytes=env.int("WEBHOOK_MAX_BODY_BYTES", default("webhook_max_body_bytes"),
+                                       validate=positive),
+        webhook_stale_after_seconds=env.int("WEBHOOK_STALE_AFTER_SECONDS", 600, validate=positive),
+        webhook_max_attempts=env.int("WEBHOOK_MAX_ATTEMPTS", 5, validate=positive),
+        max_content_length=env.int("MAX_CONTENT_LENGTH", default("max_content_length"), validate=positive),
+        access_token_ttl_seconds=env.int("ACCESS_TOKEN_TTL_SECONDS", 900, validate=positive),
+        refresh_token_ttl_seconds=env.int("REFRESH_TOKEN_TTL_SECONDS", default("refresh_token_ttl_seconds"),
+                                          validate=positive),
+        ledger_lock_timeout_ms=env.int("LEDGER_LOCK_TIMEOUT_MS", 5000, validate=positive),
+        statement_timeout_ms=env.int("STATEMENT_TIMEOUT_MS", 15000, validate=positive),
+        db_pool_size=env.int("DB_POOL_SIZE", 5, validate=positive),
+        db_max_overflow=env.int("DB_MAX_OVERFLOW", 5, validate=Range(min=0)),
+        idempotency_key_ttl_hours=env.int("IDEMPOTENCY_KEY_TTL_HOURS", 24, validate=positive),
+        ratelimit_enabled=env.bool("RATELIMIT_ENABLED", True),
+        rate_limits={
+            name: env.str(f"RATELIMIT_{name.upper()}", getattr(limits, name), validate=_rate_limit)
+            for name in RateLimits.__dataclass_fields__
+        },
+        rq_job_timeout_seconds=env.int("RQ_JOB_TIMEOUT_SECONDS", 60, validate=positive),
+        wallet_reconciliation_interval_seconds=env.int("WALLET_RECONCILIATION_INTERVAL_SECONDS", 900,
+                                                       validate=positive),
+        provider_reconciliation_interval_seconds=env.int("PROVIDER_RECONCILIATION_INTERVAL_SECONDS", 3600,
+                                                         validate=positive),
+        webhook_retry_interval_seconds=env.int("WEBHOOK_RETRY_INTERVAL_SECONDS", 300, validate=positive),
+        alert_webhook_url=env.str("ALERT_WEBHOOK_URL", ""),
+        alert_balance_mismatch_threshold=env.str("ALERT_BALANCE_MISMATCH_THRESHOLD", "0.01"),
+        alert_webhook_failure_threshold=env.int("ALERT_WEBHOOK_FAILURE_THRESHOLD", 5, validate=positive),
+        alert_credit_spike_threshold=env.str("ALERT_CREDIT_SPIKE_THRESHOLD", "1000"),
+        secret_rotation_dates={
+            name: env.date(f"{name}_ROTATION_DATE", None) for name in ROTATED_SECRETS
+        },
+        backup_dir=env.str("BACKUP_DIR", "backups"),
+        backup_retention_days=env.int("BACKUP_RETENTION_DAYS", 30, validate=positive),
+        log_level=env.str("LOG_LEVEL", "INFO", validate=OneOf(["DEBUG", "INFO", "WARNING", "ERROR"])),
+        log_json=env.bool("LOG_JSON", in_production),
+    )
+    return values
+
+
+def _url_scheme(*schemes: str):
+    def validate(value: str) -> bool:
+        from marshmallow import ValidationError
+
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in schemes:
+            raise ValidationError(f"Must be a URL starting with one of: {', '.join(s + '://' for s in schemes)}")
+        return True
+
+    return validate
+
+
+def _rate_limit(value: str) -> bool:
+    from limits import parse_many
+    from marshmallow import ValidationError
+
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ValidationError(f"Not a rate limit like '10/minute': {exc}") from None
+    return True

@@ -1,0 +1,129 @@
+"""One JSON error envelope for every failure, mapped in one place.
+
+Every error body is `{"code": <http status>, "status": <reason phrase>, "message": <text>,
+"error": <stable snake_case reason>, "errors"?: {<location>: {<field>: [messages]}}}`: the
+flask-smorest envelope plus a machine-readable `error`. Unexpected exceptions become a bare 500
+whose body never carries exception text or a stack trace; the details go to the log with the
+request id, which the client also receives in `X-Request-ID`.
+"""
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import structlog
+from flask import Flask
+from flask_smorest import Api
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+log = structlog.get_logger(__name__)
+
+
+class ApiError(Exception):
+    """A domain failure with an HTTP meaning; raise it from services, never build responses there."""
+
+    status_code = 400
+    error = "bad_request"
+
+    def __init__(self, message: str, *, error: str | None = None, errors: dict | None = None,
+                 status_code: int | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.error = error or self.error
+        self.errors = errors
+        self.status_code = status_code or self.status_code
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status_code, error = 400, "bad_request"
+
+
+class Unauthorized(ApiError):
+    status_code, error = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status_code, error = 403, "forbidden"
+
+
+class NotFound(ApiError):
+    status_code, error = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status_code, error = 409, "conflict"
+
+
+class Unprocessable(ApiError):
+    status_code, error = 422, "unprocessable"
+
+
+class ServiceUnavailable(ApiError):
+    status_code, error = 503, "service_unavailable"
+
+
+def field_error(field: str, message: str, *, error: str = "validation_error") -> Unprocessable:
+    """A 422 shaped like a schema validation error, for rules a schema cannot see."""
+    return Unprocessable(message, error=error, errors={"json": {field: [message]}})
+
+
+def envelope(status_code: int, message: str | None, *, error: str | None = None,
+             errors: dict | None = None) -> dict:
+    phrase = HTTPStatus(status_code).phrase
+    body = {"code": status_code, "status": phrase,
+            "message": message or phrase,
+            "error": error or phrase.lower().replace(" ", "_").replace("-", "_")}
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+class WalletApi(Api):
+    """flask-smorest's Api with the envelope above for every HTTPException."""
+
+    def handle_http_exception(self, error: HTTPException):
+        code = error.code or 500
+        data = getattr(error, "data", None) or {}
+        headers = dict(data.get("headers") or {})
+        errors = data.get("errors") or data.get("messages")
+        message = data.get("message")
+        if code == 422 and errors:
+            message = message or "Request validation failed; see errors."
+            return envelope(code, message, error="validation_error", errors=errors), code, headers
+        if code >= 500:
+            original = getattr(error, "original_exception", None)
+            if original is not None:
+                log.error("unhandled_exception", exc_info=original)
+            # Werkzeug descriptions are static text, but a 5xx never says more than its phrase.
+            message = None
+        else:
+            message = message or error.description
+        if code == 429:
+            message = "Too many requests; retry after the time in the Retry-After header."
+        return envelope(code, message, errors=errors), code, headers
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def handle_api_error(exc: ApiError):
+        return envelope(exc.status_code, exc.message, error=exc.error, errors=exc.errors), \
+            exc.status_code, exc.headers
+
+    @app.errorhandler(OperationalError)
+    def handle_operational_error(exc: OperationalError):
+        # Lock and statement timeouts are contention, not bugs: the client may retry.
+        pgcode = getattr(getattr(exc, "orig", None), "pgcode", None)
+        if pgcode in ("55P03", "57014", "40P01", "40001"):
+            log.warning("database_contention", pgcode=pgcode)
+            return envelope(503, "The resource is busy; retry shortly.", error="resource_busy"), \
+                503, {"Retry-After": "1"}
+        log.error("database_error", exc_info=exc)
+        return envelope(503, "The database is unavailable; retry shortly.",
+                        error="database_unavailable"), 503, {"Retry-After": "5"}
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception):
+        # HTTPExceptions never get here: WalletApi's more specific handler takes them.
+        log.error("unhandled_exception", exc_info=exc)
+        return envelope(500, None), 500

@@ -1,0 +1,50 @@
+import time
+
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields
+
+from wallet_api.extensions import limiter
+from wallet_api.health import service
+
+blp = Blueprint("health", __name__, description="Liveness and readiness probes")
+blueprints = [blp]
+limiter.exempt(blp)
+_STARTED = time.monotonic()
+
+
+class HealthSchema(Schema):
+    status = fields.String()
+    uptime_seconds = fields.Float()
+    version = fields.String()
+
+
+class CheckSchema(Schema):
+    ok = fields.Boolean()
+    detail = fields.String()
+
+
+class ReadySchema(Schema):
+    status = fields.String()
+    checks = fields.Dict(keys=fields.String(), values=fields.Nested(CheckSchema))
+
+
+@blp.route("/health")
+class Health(MethodView):
+    @blp.response(200, HealthSchema)
+    def get(self):
+        """Liveness: 200 whenever the process serves requests; touches no dependency"""
+        return {"status": "ok", "uptime_seconds": round(time.monotonic() - _STARTED, 3),
+                "version": current_app.config["SETTINGS"].version}
+
+
+@blp.route("/ready")
+class Ready(MethodView):
+    @blp.response(200, ReadySchema)
+    @blp.alt_response(503, schema=ReadySchema, description="A dependency is not ready")
+    def get(self):
+        """Readiness: database, migrations and Redis; 503 when any check fails"""
+        checks = service.readiness_checks()
+        ok = all(check["ok"] for check in checks.values())
+        return {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503

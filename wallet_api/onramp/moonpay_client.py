@@ -1,0 +1,435 @@
+"""A small MoonPay REST client for provider reconciliation, and the transaction record it returns.
+
+Every body is decoded with ``parse_float=Decimal``: MoonPay sends amounts as JSON numbers, and
+none may pass through a binary float. ``MoonPayTransaction.from_payload`` is shared with the
+webhook pipeline, which parses a webhook's ``data`` object with it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any, NoReturn, Protocol, runtime_checkable
+from urllib.parse import quote
+
+import httpx
+
+__all__ = ["MoonPayApi", "MoonPayApiError", "MoonPayClient", "MoonPayTransaction"]
+
+# Identifiers become unique keys and VARCHAR columns; an absurd length is a broken payload.
+_MAX_ID_LENGTH = 255
+# Plain decimal notation only: Decimal() alone would also take "NaN", "Infinity", " 1 " and "1_0".
+_NUMERIC_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+# Bounds the exponent so later quantize() calls cannot blow up on "1e999999"; 10**40 of
+# anything is not a real amount and 10**-40 is below every currency's precision.
+_MAX_ABS_EXPONENT = 40
+# Error bodies are quoted in exception messages for operators; keep them short.
+_MAX_ERROR_SNIPPET = 200
+
+
+# --------------------------------------------------------------------------- payload parsing
+
+
+def _optional_str(name: str, value: Any, *, max_length: int | None = None) -> str | None:
+    """Return a string field, None when absent or empty; ValueError naming it otherwise."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected a string, got {type(value).__name__}")
+    if max_length is not None and len(value) > max_length:
+        raise ValueError(f"{name}: longer than {max_length} characters")
+    return value or None
+
+
+def _required_str(name: str, value: Any, *, max_length: int | None = None) -> str:
+    """Return a non-empty string field; ValueError naming it otherwise."""
+    text = _optional_str(name, value, max_length=max_length)
+    if text is None or not text.strip():
+        raise ValueError(f"{name}: required non-empty string")
+    return text
+
+
+def _amount(name: str, value: Any) -> Decimal | None:
+    """Return an amount as an exact, finite, non-negative Decimal (None when absent)."""
+    if value is None:
+        return None
+    # bool is an int subclass: True must not become an amount of 1.
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a number, got bool")
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, float):
+        # Only reachable when someone parsed without parse_float=Decimal; str() gives the
+        # shortest repr ("0.1"), not the binary expansion Decimal(0.1) would.
+        if not math.isfinite(value):
+            raise ValueError(f"{name}: not a finite number")
+        amount = Decimal(str(value))
+    elif isinstance(value, str):
+        if not _NUMERIC_RE.fullmatch(value):
+            raise ValueError(f"{name}: not a decimal number")
+        try:
+            amount = Decimal(value)
+        except InvalidOperation:  # pragma: no cover - the regex admits only valid literals
+            raise ValueError(f"{name}: not a decimal number") from None
+    else:
+        raise ValueError(f"{name}: expected a number, got {type(value).__name__}")
+
+    if not amount.is_finite():
+        raise ValueError(f"{name}: not a finite number")
+    if amount < 0:
+        raise ValueError(f"{name}: must not be negative")
+    if not amount.is_zero() and abs(amount.adjusted()) > _MAX_ABS_EXPONENT:
+        raise ValueError(f"{name}: out of range")
+    return amount
+
+
+def _currency_code(name: str, value: Any) -> str | None:
+    """Return the lowercase ``code`` of a nested currency object (None when absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{name}: expected an object, got {type(value).__name__}")
+    code = _optional_str(f"{name}.code", value.get("code"), max_length=32)
+    return code.strip().lower() if code else None
+
+
+@dataclass(frozen=True, slots=True)
+class MoonPayTransaction:
+    """One MoonPay buy transaction, with exact amounts and the payload it came from."""
+
+    id: str
+    status: str
+    external_transaction_id: str | None
+    external_customer_id: str | None
+    base_currency_amount: Decimal | None
+    quote_currency_amount: Decimal | None
+    currency_code: str | None
+    base_currency_code: str | None
+    crypto_transaction_id: str | None
+    failure_reason: str | None
+    created_at: str | None
+    updated_at: str | None
+    # Kept for audit and for fields we do not model; excluded from eq/hash because a dict is
+    # unhashable and two parses of the same transaction should compare equal.
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_payload(cls, data: Mapping[str, Any]) -> MoonPayTransaction:
+        """Parse a MoonPay transaction object; ValueError naming the first bad field."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"data: expected an object, got {type(data).__name__}")
+        return cls(
+            id=_required_str("id", data.get("id"), max_length=_MAX_ID_LENGTH),
+            status=_required_str("status", data.get("status"), max_length=64),
+            external_transaction_id=_optional_str(
+                "externalTransactionId",
+                data.get("externalTransactionId"),
+                max_length=_MAX_ID_LENGTH,
+            ),
+            external_customer_id=_optional_str(
+                "externalCustomerId",
+                data.get("externalCustomerId"),
+                max_length=_MAX_ID_LENGTH,
+            ),
+            base_currency_amount=_amount("baseCurrencyAmount", data.get("baseCurrencyAmount")),
+            quote_currency_amount=_amount("quoteCurrencyAmount", data.get("quoteCurrencyAmount")),
+            currency_code=_currency_code("currency", data.get("currency")),
+            base_currency_code=_currency_code("baseCurrency", data.get("baseCurrency")),
+            crypto_transaction_id=_optional_str(
+                "cryptoTransactionId", data.get("cryptoTransactionId"), max_length=512
+            ),
+            failure_reason=_optional_str("failureReason", data.get("failureReason")),
+            created_at=_optional_str("createdAt", data.get("createdAt"), max_length=64),
+            updated_at=_optional_str("updatedAt", data.get("updatedAt"), max_length=64),
+            raw=dict(data),
+        )
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class MoonPayApiError(Exception):
+    """MoonPay could not be reached or answered with an error."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        shown = "no response" if status is None else status
+        super().__init__(f"MoonPay API error ({shown}): {message}")
+        # None when no HTTP response arrived (connection error, timeout).
+        self.status = status
+        self.message = message
+
+
+@runtime_checkable
+class MoonPayApi(Protocol):
+    """What the provider reconciliation job needs from MoonPay."""
+
+    def get_transaction(self, transaction_id: str) -> MoonPayTransaction | None:
+        """Return one buy transaction by MoonPay id, or None when MoonPay does not know it."""
+        ...
+
+    def find_by_external_id(self, external_transaction_id: str) -> list[MoonPayTransaction]:
+        """Return the buy transactions carrying our external transaction id."""
+        ...
+
+    def list_transactions(
+        self, *, start: datetime, end: datetime, limit: int = 50
+    ) -> list[MoonPayTransaction]:
+        """Return the buy transactions created in ``[start, end)``."""
+        ...
+
+
+def _reject_constant(name: str) -> NoReturn:
+    """Refuse NaN and Infinity, which json.loads would otherwise accept."""
+    raise ValueError(f"non-finite JSON number {name}")
+
+
+def _path_segment(name: str, value: str) -> str:
+    """Percent-encode one path segment, refusing values that would change the path."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string")
+    # httpx resolves dot segments, so ".." would silently query the parent resource.
+    if value in {".", ".."}:
+        raise ValueError(f"{name} must not be a dot segment")
+    return quote(value, safe="")
+
+
+class MoonPayClient:
+    """Synchronous MoonPay REST client with bounded retries on transient failures."""
+
+    def __init__(
+        self,
+        base_url: str,
+        secret_key: str,
+        *,
+        timeout: float = 5.0,
+        retries: int = 3,
+        backoff_seconds: float = 0.2,
+        max_backoff_seconds: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not secret_key:
+            raise ValueError("secret_key must not be empty")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if retries < 0:
+            raise ValueError("retries must not be negative")
+        if backoff_seconds < 0 or max_backoff_seconds < 0:
+            raise ValueError("backoff must not be negative")
+        self._secret_key = secret_key
+        self._retries = retries
+        self._backoff_seconds = backoff_seconds
+        self._max_backoff_seconds = max_backoff_seconds
+        self._sleep = sleep
+        self._client = httpx.Client(
+            base_url=base_url,
+            headers={"Authorization": f"Api-Key {secret_key}", "Accept": "application/json"},
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            # A redirect would be an unexpected answer from MoonPay; surface it, do not chase it.
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"MoonPayClient(base_url={str(self._client.base_url)!r})"
+
+    def close(self) -> None:
+        """Close the underlying connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> MoonPayClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ public API
+
+    def get_transaction(self, transaction_id: str) -> MoonPayTransaction | None:
+        """Return one buy transaction by MoonPay id (GET /v1/transactions/{id}); None on 404."""
+        path = f"/v1/transactions/{_path_segment('transaction_id', transaction_id)}"
+        payload = self._get_json(path, not_found_ok=True)
+        if payload is None:
+            return None
+        if not isinstance(payload, dict):
+            raise MoonPayApiError(200, f"GET {path}: expected an object")
+        transaction = self._parse(path, payload)
+        if transaction.id != transaction_id:
+            raise MoonPayApiError(200, f"GET {path}: response is for a different transaction")
+        return transaction
+
+    def find_by_external_id(self, external_transaction_id: str) -> list[MoonPayTransaction]:
+        """Return every buy transaction carrying our external id (MoonPay allows duplicates)."""
+        segment = _path_segment("external_transaction_id", external_transaction_id)
+        path = f"/v1/transactions/ext/{segment}"
+        payload = self._get_json(path, not_found_ok=True)
+        if payload is None:
+            return []
+        if not isinstance(payload, list):
+            raise MoonPayApiError(200, f"GET {path}: expected an array")
+        return [self._parse(path, item) for item in payload]
+
+    def list_transactions(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        limit: int = 50,
+        max_pages: int = 100,
+    ) -> list[MoonPayTransaction]:
+        """Return the buy transactions created in ``[start, end)``, following offset pages."""
+        if start.tzinfo is None or end.tzinfo is None:
+            raise ValueError("start and end must be timezone-aware")
+        if start >= end:
+            raise ValueError("start must be before end")
+        if limit < 1 or max_pages < 1:
+            raise ValueError("limit and max_pages must be positive")
+        start_utc = start.astimezone(timezone.utc)
+        end_utc = end.astimezone(timezone.utc)
+        # MoonPay filters by calendar date, and whether endDate includes its own day is not
+        # documented: ask for one day more and trim locally, so nothing in the window is missed.
+        base_params = {
+            "startDate": start_utc.date().isoformat(),
+            "endDate": (end_utc.date() + timedelta(days=1)).isoformat(),
+            "limit": str(limit),
+        }
+
+        found: dict[str, MoonPayTransaction] = {}
+        offset = 0
+        for _ in range(max_pages):
+            path = "/v1/transactions"
+            payload = self._get_json(path, params={**base_params, "offset": str(offset)})
+            if not isinstance(payload, list):
+                raise MoonPayApiError(200, f"GET {path}: expected an array")
+            before = len(found)
+            for item in payload:
+                transaction = self._parse(path, item)
+                # New transactions shift offset pages, so the same one can appear twice.
+                found.setdefault(transaction.id, transaction)
+            if len(payload) < limit:
+                return [t for t in found.values() if _created_within(t, start_utc, end_utc)]
+            if len(found) == before:
+                # A full page of nothing new: the server is ignoring offset. Stop loudly
+                # rather than loop or return a silently truncated list.
+                raise MoonPayApiError(200, f"GET {path}: pagination is not advancing")
+            offset += len(payload)
+        raise MoonPayApiError(None, f"GET /v1/transactions: more than {max_pages} pages")
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _parse(self, path: str, item: Any) -> MoonPayTransaction:
+        """Parse one transaction object, turning a bad payload into an API error."""
+        try:
+            return MoonPayTransaction.from_payload(item)
+        except ValueError as exc:
+            raise MoonPayApiError(200, f"GET {path}: invalid transaction: {exc}") from None
+
+    def _get_json(
+        self,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        not_found_ok: bool = False,
+    ) -> Any:
+        """GET ``path`` with retries and decode its JSON body; None for an allowed 404."""
+        attempt = 0
+        while True:
+            delay: float
+            try:
+                response = self._client.get(path, params=params)
+            except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+                if attempt >= self._retries:
+                    raise MoonPayApiError(
+                        None, f"GET {path}: {type(exc).__name__} after {attempt + 1} attempt(s)"
+                    ) from exc
+                delay = self._backoff(attempt)
+            except httpx.HTTPError as exc:
+                # Anything else (invalid URL, unsupported protocol) will not fix itself.
+                raise MoonPayApiError(None, f"GET {path}: {type(exc).__name__}") from exc
+            else:
+                status = response.status_code
+                if status == 404 and not_found_ok:
+                    return None
+                if 200 <= status < 300:
+                    return self._decode(path, response)
+                if status != 429 and status < 500:
+                    # Other 4xx mean our request is wrong (or our key is): retrying cannot help.
+                    raise MoonPayApiError(status, f"GET {path}: {self._describe(response)}")
+                if attempt >= self._retries:
+                    raise MoonPayApiError(
+                        status,
+                        f"GET {path}: {self._describe(response)} after {attempt + 1} attempt(s)",
+                    )
+                retry_after = _retry_after_seconds(response)
+                delay = (
+                    min(retry_after, self._max_backoff_seconds)
+                    if retry_after is not None
+                    else self._backoff(attempt)
+                )
+            self._sleep(delay)
+            attempt += 1
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff for the given zero-based retry, capped."""
+        return min(self._backoff_seconds * (2**attempt), self._max_backoff_seconds)
+
+    def _decode(self, path: str, response: httpx.Response) -> Any:
+        """Decode a JSON body with exact decimals."""
+        try:
+            return json.loads(response.text, parse_float=Decimal, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+            raise MoonPayApiError(response.status_code, f"GET {path}: invalid JSON body") from None
+
+    def _describe(self, response: httpx.Response) -> str:
+        """Summarise an error response for a log line, never echoing our key."""
+        detail = ""
+        try:
+            body = json.loads(response.text, parse_float=Decimal)
+        except (ValueError, RecursionError):
+            body = response.text
+        if isinstance(body, dict) and isinstance(body.get("message"), str):
+            detail = body["message"]
+        elif isinstance(body, str):
+            detail = body
+        # Redact before truncating, so a key cut in half by the limit cannot survive. A
+        # misbehaving proxy or stub could echo our request headers back at us.
+        detail = " ".join(detail.replace(self._secret_key, "[redacted]").split())
+        detail = detail[:_MAX_ERROR_SNIPPET]
+        reason = f"HTTP {response.status_code}"
+        return f"{reason}: {detail}" if detail else reason
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    """Return Retry-After as seconds when it is given in seconds (HTTP dates are ignored)."""
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def _created_within(transaction: MoonPayTransaction, start: datetime, end: datetime) -> bool:
+    """True when createdAt falls in ``[start, end)``; an unreadable createdAt is kept."""
+    if transaction.created_at is None:
+        return True
+    try:
+        created = datetime.fromisoformat(transaction.created_at)
+    except ValueError:
+        return True
+    if created.tzinfo is None:
+        # MoonPay timestamps are UTC ("...Z"); a bare one is read the same way.
+        created = created.replace(tzinfo=timezone.utc)
+    return start <= created < end

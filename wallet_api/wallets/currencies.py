@@ -1,0 +1,30 @@
+"""The supported currencies and their precision: the one place that knows them."""
+from decimal import Decimal
+
+PRECISION: dict[str, int] = {
+    "USD": 2,
+    "EUR": 2,
+    "GBP": 2,
+    "USDC": 6,
+    "BTC": 8,
+    "SOL": 9,
+    "ETH": 18,
+}
+SUPPORTED = tuple(PRECISION)
+
+# Larger amounts are typos or attacks; NUMERIC(38,18) leaves 20 integer digits, we allow 15.
+MAX_AMOUNT = Decimal("1e15")
+
+
+def precision(currency: str) -> int:
+    return PRECISION[currency]
+
+
+def quantum(currency: str) -> Decimal:
+    """The smallest unit, e.g. Decimal('0.01') for USD."""
+    return Decimal(1).scaleb(-PRECISION[currency])
+
+
+def format_amount(amount: Decimal, currency: str) -> str:
+    """Plain decimal string at the currency's precision: never exponent notation."""
+    return f"{amount.quantize(quantum(currency)):f}"
