@@ -163,3 +163,14 @@ def admin(make_user):
 
 def database_name(url: str) -> str:
     return make_url(url).database
+
+
+@pytest.fixture
+def make_settings_app(settings):
+    """make_settings_app(**overrides) -> a second app on the same database and Redis."""
+
+    def build(**overrides):
+        return create_app(make_settings(database_url=settings.database_url, redis_url=settings.redis_url,
+                                        **overrides))
+
+    return build

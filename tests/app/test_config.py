@@ -1,0 +1,105 @@
+"""Startup safety: a process with a bad environment refuses to start and names every problem."""
+import pytest
+
+from wallet_api.config import ConfigError, load_settings, normalise_database_url
+
+GOOD = {
+    "APP_ENV": "production",
+    "DATABASE_URL": "postgres://app:pw@db.internal:5432/wallet",
+    "REDIS_URL": "rediss://cache.internal:6380/0",
+    "JWT_SECRET": "j" * 32,
+    "JWT_REFRESH_SECRET": "r" * 32,
+    "MOONPAY_WEBHOOK_SECRET": "wk_live_x",
+    "MOONPAY_SECRET_KEY": "sk_live_x",
+    "CORS_ALLOWED_ORIGINS": "https://app.example.com,https://admin.example.com",
+}
+REQUIRED = ["DATABASE_URL", "REDIS_URL", "JWT_SECRET", "JWT_REFRESH_SECRET", "MOONPAY_WEBHOOK_SECRET",
+            "MOONPAY_SECRET_KEY", "CORS_ALLOWED_ORIGINS"]
+
+
+def test_a_complete_production_environment_loads():
+    settings = load_settings(GOOD)
+    assert settings.is_production
+    assert settings.sqlalchemy_url.startswith("postgresql+psycopg2://")
+    assert settings.cors_allowed_origins == ("https://app.example.com", "https://admin.example.com")
+    assert settings.webhook_ip_allowlist_enforced is True
+    assert settings.log_json is True
+
+
+def test_an_empty_production_environment_names_every_missing_variable_at_once():
+    with pytest.raises(ConfigError) as info:
+        load_settings({"APP_ENV": "production"})
+    assert set(info.value.problems) == set(REQUIRED)
+    for name in REQUIRED:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("name", REQUIRED)
+def test_each_required_variable_is_named_when_missing(name):
+    env = {k: v for k, v in GOOD.items() if k != name}
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert list(info.value.problems) == [name]
+
+
+@pytest.mark.parametrize("name, value", [
+    ("JWT_SECRET", "too-short"),
+    ("JWT_REFRESH_SECRET", "x" * 31),
+    ("DATABASE_URL", "mysql://db/wallet"),
+    ("REDIS_URL", "http://cache"),
+    ("APP_ENV", "staging"),
+    ("TRUSTED_PROXY_COUNT", "many"),
+    ("RATELIMIT_AUTH", "lots"),
+    ("CORS_ALLOWED_ORIGINS", "*"),
+    ("WEBHOOK_ALLOWED_IPS", "10.0.0.0/33"),
+    ("JWT_SECRET_ROTATION_DATE", "yesterday"),
+    ("LEDGER_LOCK_TIMEOUT_MS", "0"),
+])
+def test_malformed_values_are_named(name, value):
+    with pytest.raises(ConfigError) as info:
+        load_settings({**GOOD, name: value})
+    assert name in info.value.problems
+
+
+def test_several_problems_are_reported_together():
+    with pytest.raises(ConfigError) as info:
+        load_settings({**GOOD, "JWT_SECRET": "short", "REDIS_URL": "", "TRUSTED_PROXY_COUNT": "x"})
+    assert {"JWT_SECRET", "REDIS_URL", "TRUSTED_PROXY_COUNT"} <= set(info.value.problems)
+
+
+def test_secret_values_never_appear_in_the_error():
+    secret = "s3cr3t-but-too-short"
+    with pytest.raises(ConfigError) as info:
+        load_settings({**GOOD, "JWT_SECRET": secret})
+    assert secret not in str(info.value)
+
+
+def test_development_does_not_require_cors_origins():
+    env = {k: v for k, v in GOOD.items() if k not in ("APP_ENV", "CORS_ALLOWED_ORIGINS")}
+    settings = load_settings(env)
+    assert settings.app_env == "development" and settings.webhook_ip_allowlist_enforced is False
+
+
+def test_rate_limits_and_rotation_dates_are_read():
+    settings = load_settings({**GOOD, "RATELIMIT_TRANSFERS": "3/second", "JWT_SECRET_ROTATION_DATE": "2026-10-01"})
+    assert settings.rate_limits.transfers == "3/second"
+    assert settings.rate_limits.auth == "5/minute"
+    assert str(settings.secret_rotation_dates["JWT_SECRET"]) == "2026-10-01"
+
+
+def test_heroku_style_database_urls_are_normalised():
+    assert normalise_database_url("postgres://u:p@h/d") == "postgresql+psycopg2://u:p@h/d"
+    assert normalise_database_url("postgresql://u@h/d") == "postgresql+psycopg2://u@h/d"
+
+
+def test_wsgi_refuses_to_start_in_production_without_secrets(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {"PATH": os.environ["PATH"], "APP_ENV": "production", "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", "import wsgi"], env=env, capture_output=True, text=True,
+                          timeout=60, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.returncode != 0
+    for name in REQUIRED:
+        assert name in proc.stderr
