@@ -145,14 +145,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 class _MappingEnv(Env):
-    """environs reads os.environ; this one reads the mapping it is given (tests, tools)."""
+    """environs reads os.environ; this one reads the mapping it is given (tests, tools).
+
+    An empty value counts as unset, so a copied .env.example with blanks means "use the default".
+    """
 
     def __init__(self, source: Mapping[str, str]):
         super().__init__(eager=False)
-        self._source = dict(source)
+        self._source = source
 
     def _get_value(self, env_key, default):
-        return self._source.get(env_key, default)
+        value = self._source.get(env_key)
+        return default if value is None or value == "" else value
 
 
 def _declare(env: Env) -> dict:

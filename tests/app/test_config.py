@@ -103,3 +103,24 @@ def test_wsgi_refuses_to_start_in_production_without_secrets(tmp_path):
     assert proc.returncode != 0
     for name in REQUIRED:
         assert name in proc.stderr
+
+
+def test_env_example_documents_every_variable_and_loads_once_filled(tmp_path):
+    import pathlib
+
+    read = set()
+
+    class Recording(dict):
+        def get(self, key, default=None):
+            read.add(key)
+            return super().get(key, default)
+
+    load_settings(Recording(GOOD))
+    example = (pathlib.Path(__file__).resolve().parents[2] / ".env.example").read_text()
+    documented = {line.split("=", 1)[0] for line in example.splitlines() if "=" in line and not line.startswith("#")}
+    assert read - documented == set()
+    filled = {k: v for k, v in (line.split("=", 1) for line in example.splitlines()
+                                if "=" in line and not line.startswith("#"))}
+    filled.update({k: GOOD[k] for k in ("JWT_SECRET", "JWT_REFRESH_SECRET", "MOONPAY_WEBHOOK_SECRET",
+                                        "MOONPAY_SECRET_KEY")})
+    assert load_settings(filled).is_production
