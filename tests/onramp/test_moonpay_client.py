@@ -300,6 +300,7 @@ def test_an_unreachable_server_is_retried_then_reported_without_a_status(sleeps)
         '{"status": "completed"}',  # no id
         '{"id": "tx_1", "status": "completed", "quoteCurrencyAmount": true}',
         '["not", "an", "object"]',
+        "null",
     ],
 )
 def test_a_malformed_answer_is_an_api_error_and_is_not_retried(httpserver, client, body):

@@ -31,6 +31,8 @@ _NUMERIC_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _MAX_ABS_EXPONENT = 40
 # Error bodies are quoted in exception messages for operators; keep them short.
 _MAX_ERROR_SNIPPET = 200
+# Distinct from a JSON null body, which is a broken answer rather than "not found".
+_NOT_FOUND: Any = object()
 
 
 # --------------------------------------------------------------------------- payload parsing
@@ -257,7 +259,7 @@ class MoonPayClient:
         """Return one buy transaction by MoonPay id (GET /v1/transactions/{id}); None on 404."""
         path = f"/v1/transactions/{_path_segment('transaction_id', transaction_id)}"
         payload = self._get_json(path, not_found_ok=True)
-        if payload is None:
+        if payload is _NOT_FOUND:
             return None
         if not isinstance(payload, dict):
             raise MoonPayApiError(200, f"GET {path}: expected an object")
@@ -271,7 +273,7 @@ class MoonPayClient:
         segment = _path_segment("external_transaction_id", external_transaction_id)
         path = f"/v1/transactions/ext/{segment}"
         payload = self._get_json(path, not_found_ok=True)
-        if payload is None:
+        if payload is _NOT_FOUND:
             return []
         if not isinstance(payload, list):
             raise MoonPayApiError(200, f"GET {path}: expected an array")
@@ -339,7 +341,7 @@ class MoonPayClient:
         params: Mapping[str, str] | None = None,
         not_found_ok: bool = False,
     ) -> Any:
-        """GET ``path`` with retries and decode its JSON body; None for an allowed 404."""
+        """GET ``path`` with retries and decode its JSON body; _NOT_FOUND for an allowed 404."""
         attempt = 0
         while True:
             delay: float
@@ -357,7 +359,7 @@ class MoonPayClient:
             else:
                 status = response.status_code
                 if status == 404 and not_found_ok:
-                    return None
+                    return _NOT_FOUND
                 if 200 <= status < 300:
                     return self._decode(path, response)
                 if status != 429 and status < 500:
