@@ -2,7 +2,7 @@
 
 Servers: TEST_DATABASE_URL / TEST_REDIS_URL when set, else the local servers on 127.0.0.1 when
 they answer, else embedded ones (see wallet_api/local_services.py). The suite creates its own
-database and drops it at the end; it uses Redis db 15 of a shared local server. Between tests
+database and drops it at the end; it uses Redis db 15 (TEST_REDIS_DB) of a shared local server. Between tests
 every table is emptied and Redis flushed, so tests may commit, use many connections and run
 real worker processes.
 """
@@ -36,7 +36,8 @@ KEPT_TABLES = {"alembic_version"}
 def services():
     admin_url, redis_url = resolve_test_services()
     if redis_url == LOCAL_REDIS:
-        redis_url = redis_url.rsplit("/", 1)[0] + "/15"  # never touch db 0 of a shared server
+        # Never db 0 of a shared server; TEST_REDIS_DB separates concurrent runs on one machine.
+        redis_url = redis_url.rsplit("/", 1)[0] + "/" + os.environ.get("TEST_REDIS_DB", "15")
     name = f"wallet_api_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     conn = psycopg2.connect(admin_url)
     conn.autocommit = True
@@ -168,9 +169,25 @@ def database_name(url: str) -> str:
 @pytest.fixture
 def make_settings_app(settings):
     """make_settings_app(**overrides) -> a second app on the same database and Redis."""
+    built = []
 
     def build(**overrides):
-        return create_app(make_settings(database_url=settings.database_url, redis_url=settings.redis_url,
-                                        **overrides))
+        app = create_app(make_settings(database_url=settings.database_url, redis_url=settings.redis_url,
+                                       **overrides))
+        built.append(app)
+        return app
 
-    return build
+    yield build
+    for app in built:
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _limiter_as_the_default_app_configures_it(settings):
+    """The Limiter is one module global whose `enabled` the last app built sets; reset it per test."""
+    from wallet_api.extensions import limiter
+
+    limiter.enabled = settings.ratelimit_enabled
+    yield
+    limiter.enabled = settings.ratelimit_enabled

@@ -60,7 +60,7 @@ class Settings:
     webhook_signature_tolerance_seconds: int = 300
     webhook_max_body_bytes: int = 64 * 1024
     webhook_stale_after_seconds: int = 600
-    webhook_max_attempts: int = 5
+    webhook_max_retries: int = 5
     max_content_length: int = 1024 * 1024
     access_token_ttl_seconds: int = 15 * 60
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
@@ -194,7 +194,7 @@ def _declare(env: Env) -> dict:
         webhook_max_body_bytes=env.int("WEBHOOK_MAX_BODY_BYTES", default("webhook_max_body_bytes"),
                                        validate=positive),
         webhook_stale_after_seconds=env.int("WEBHOOK_STALE_AFTER_SECONDS", 600, validate=positive),
-        webhook_max_attempts=env.int("WEBHOOK_MAX_ATTEMPTS", 5, validate=positive),
+        webhook_max_retries=env.int("WEBHOOK_MAX_RETRIES", 5, validate=positive),
         max_content_length=env.int("MAX_CONTENT_LENGTH", default("max_content_length"), validate=positive),
         access_token_ttl_seconds=env.int("ACCESS_TOKEN_TTL_SECONDS", 900, validate=positive),
         refresh_token_ttl_seconds=env.int("REFRESH_TOKEN_TTL_SECONDS", default("refresh_token_ttl_seconds"),

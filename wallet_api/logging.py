@@ -44,7 +44,10 @@ def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
     ]
     renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # filter_by_level first: events below the level cost nothing more (it needs a stdlib
+        # logger, so it cannot sit in foreign_pre_chain).
+        processors=[structlog.stdlib.filter_by_level, *shared,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
@@ -84,3 +87,8 @@ def init_request_logging(app: Flask) -> None:
             log.info("request", status=response.status_code,
                      duration_ms=round((time.perf_counter() - started) * 1000, 2))
         return response
+
+    @app.teardown_request
+    def unbind_request(_exc):
+        # Threads are reused: the next request, or a job in this thread, must not inherit our ids.
+        structlog.contextvars.clear_contextvars()

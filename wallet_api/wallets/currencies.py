@@ -1,5 +1,5 @@
 """The supported currencies and their precision: the one place that knows them."""
-from decimal import Decimal
+from decimal import Context, Decimal
 
 PRECISION: dict[str, int] = {
     "USD": 2,
@@ -27,4 +27,8 @@ def quantum(currency: str) -> Decimal:
 
 def format_amount(amount: Decimal, currency: str) -> str:
     """Plain decimal string at the currency's precision: never exponent notation."""
-    return f"{amount.quantize(quantum(currency)):f}"
+    # 60 digits hold every NUMERIC(38,18) value; the default context (28) would raise on big ETH balances.
+    return f"{amount.quantize(quantum(currency), context=_WIDE):f}"
+
+
+_WIDE = Context(prec=60)

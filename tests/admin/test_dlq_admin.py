@@ -1,0 +1,158 @@
+"""Admins review the dead letter queue and resolve each entry with a note: replay (processed again,
+credited at most once) or discard."""
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import pytest
+from rq import Queue
+from sqlalchemy import text
+
+from tests.onramp.support import moonpay_event, post_webhook, utc
+from wallet_api.extensions import db
+from wallet_api.onramp.pipeline import job_id_for
+from wallet_api.onramp.processing import process_event
+from wallet_api.queues import WEBHOOKS
+
+T0 = utc(2026, 11, 28, 12, 0)
+
+
+@pytest.fixture
+def park(app, client, books):
+    """park(payload) -> (dlq entry id, event id): deliver, then fail every retry until dead-lettered."""
+
+    def run(payload):
+        post_webhook(client, payload)
+        event_id = books.events()[-1]["id"]
+        with app.app_context():
+            at = T0
+            while process_event(event_id=event_id, now=at) != "dead_lettered":
+                at += dt.timedelta(hours=2)
+            db.session.remove()
+        entry = books.read("SELECT id FROM dead_letter_queue WHERE event_id = :e", e=event_id)[0]["id"]
+        return entry, event_id
+
+    return run
+
+
+@pytest.fixture
+def lost_purchase(app, user, onramp):
+    """A completion whose on-ramp row is missing when processed, restored later (the operator's fix)."""
+    onramp_id, wallet_id = onramp(user, "ETH")
+    with app.app_context():
+        row = dict(db.session.execute(text("SELECT * FROM onramp_transactions WHERE id = :i"),
+                                      {"i": onramp_id}).mappings().one())
+        db.session.execute(text("DELETE FROM onramp_transactions WHERE id = :i"), {"i": onramp_id})
+        db.session.commit()
+        db.session.remove()
+
+    def restore():
+        with app.app_context():
+            columns = ", ".join(row)
+            db.session.execute(text(f"INSERT INTO onramp_transactions ({columns}) VALUES "
+                                    f"({', '.join(':' + c for c in row)})"), row)
+            db.session.commit()
+            db.session.remove()
+
+    return dict(onramp_id=onramp_id, wallet_id=wallet_id, user_id=user.id, restore=restore)
+
+
+def test_dlq_routes_are_for_admins_only(client, user, auth_headers):
+    assert client.get("/admin/dlq").status_code == 401
+    assert client.get("/admin/dlq", headers=auth_headers(user)).status_code == 403
+    res = client.post(f"/admin/dlq/{uuid.uuid4()}/resolve", headers=auth_headers(user),
+                      json={"note": "x", "action": "discard"})
+    assert res.status_code == 403
+
+
+def test_the_dlq_lists_unresolved_entries_newest_first_with_a_cursor(client, admin, auth_headers, park, user):
+    entries = [park(moonpay_event(onramp_id=uuid.uuid4(), user_id=user.id, moonpay_id=f"mp_{i}"))[0]
+               for i in range(3)]
+    headers = auth_headers(admin)
+    first = client.get("/admin/dlq?limit=2", headers=headers).get_json()
+    assert [e["id"] for e in first["items"]] == [str(e) for e in entries[::-1][:2]]
+    rest = client.get(f"/admin/dlq?limit=2&cursor={first['next_cursor']}", headers=headers).get_json()
+    assert [e["id"] for e in rest["items"]] == [str(entries[0])] and rest["next_cursor"] is None
+    item = first["items"][0]
+    assert item["status"] == "unresolved" and item["provider"] == "moonpay" and item["external_id"] == "mp_2"
+    assert item["attempts"] == 6 and "unknown on-ramp transaction" in item["failure_reason"]
+    assert '"quoteCurrencyAmount": 0.05' in item["payload"]  # the body as received, digits intact
+    assert client.get("/admin/dlq?status=resolved", headers=headers).get_json() == {"items": [],
+                                                                                  "next_cursor": None}
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"action": "replay"}, "note"),
+    ({"action": "replay", "note": ""}, "note"),
+    ({"note": "looked at it"}, "action"),
+    ({"note": "looked at it", "action": "retry"}, "action"),
+])
+def test_resolving_needs_a_note_and_a_known_action(client, admin, auth_headers, body, field):
+    res = client.post(f"/admin/dlq/{uuid.uuid4()}/resolve", headers=auth_headers(admin), json=body)
+    assert res.status_code == 422
+    assert field in res.get_json()["errors"]["json"]
+
+
+def test_resolving_an_unknown_entry_is_404(client, admin, auth_headers):
+    res = client.post(f"/admin/dlq/{uuid.uuid4()}/resolve", headers=auth_headers(admin),
+                      json={"note": "n", "action": "discard"})
+    assert res.status_code == 404
+
+
+def test_discard_closes_the_entry_and_leaves_the_event_parked(client, admin, auth_headers, park, user, books):
+    entry, event_id = park(moonpay_event(onramp_id=uuid.uuid4(), user_id=user.id))
+    res = client.post(f"/admin/dlq/{entry}/resolve", headers=auth_headers(admin),
+                      json={"note": "test transaction from the sandbox", "action": "discard"})
+    assert res.status_code == 200
+    body = res.get_json()
+    assert (body["status"], body["resolution"], body["resolved_by"]) == ("resolved", "discard", str(admin.id))
+    assert body["resolution_note"] == "test transaction from the sandbox" and body["resolved_at"]
+    assert books.event(event_id)["status"] == "dead_lettered"
+    again = client.post(f"/admin/dlq/{entry}/resolve", headers=auth_headers(admin),
+                        json={"note": "again", "action": "replay"})
+    assert again.status_code == 409
+    listed = client.get("/admin/dlq?status=resolved", headers=auth_headers(admin)).get_json()
+    assert [e["id"] for e in listed["items"]] == [str(entry)]
+
+
+def test_replay_resets_the_event_and_credits_exactly_once(client, admin, auth_headers, park, lost_purchase, books,
+                                                          run_jobs, redis_client):
+    entry, event_id = park(moonpay_event(onramp_id=lost_purchase["onramp_id"], user_id=lost_purchase["user_id"]))
+    assert books.credits(lost_purchase["wallet_id"]) == 0
+    lost_purchase["restore"]()
+
+    res = client.post(f"/admin/dlq/{entry}/resolve", headers=auth_headers(admin),
+                      json={"note": "restored the on-ramp row from backup", "action": "replay"})
+    assert res.status_code == 200 and res.get_json()["resolution"] == "replay"
+    event = books.event(event_id)
+    assert (event["status"], event["attempts"], event["next_attempt_at"]) == ("pending", 0, None)
+    assert job_id_for(event_id=event_id, generation=event["enqueue_count"]) in \
+        Queue(WEBHOOKS, connection=redis_client).job_ids
+
+    run_jobs()
+    assert books.balance(lost_purchase["wallet_id"]) == Decimal("0.05")
+    assert books.event(event_id)["status"] == "processed"
+    assert books.onramp(lost_purchase["onramp_id"])["status"] == "completed"
+
+    # Even a second replay attempt cannot pay twice: the entry is resolved, and the event is processed.
+    again = client.post(f"/admin/dlq/{entry}/resolve", headers=auth_headers(admin),
+                        json={"note": "again", "action": "replay"})
+    assert again.status_code == 409
+    run_jobs()
+    assert books.credits(lost_purchase["wallet_id"]) == 1
+
+
+def test_a_replayed_event_that_fails_again_is_parked_again(client, admin, auth_headers, park, user, books, app):
+    entry, event_id = park(moonpay_event(onramp_id=uuid.uuid4(), user_id=user.id))
+    client.post(f"/admin/dlq/{entry}/resolve", headers=auth_headers(admin), json={"note": "try", "action": "replay"})
+    with app.app_context():
+        at = T0 + dt.timedelta(days=1)
+        outcomes = []
+        while not outcomes or outcomes[-1] != "dead_lettered":
+            outcomes.append(process_event(event_id=event_id, now=at))
+            at += dt.timedelta(hours=2)
+        db.session.remove()
+    assert len(outcomes) == 6
+    rows = books.read("SELECT resolved_at FROM dead_letter_queue WHERE event_id = :e ORDER BY created_at", e=event_id)
+    assert len(rows) == 2 and rows[0]["resolved_at"] is not None and rows[1]["resolved_at"] is None
+    assert books.count("alert_log") == 2

@@ -1,0 +1,303 @@
+"""Shared helpers and fixtures for the on-ramp, worker and admin tests.
+
+Imported by tests/{onramp,worker,admin}/conftest.py. Webhook bodies are built as text so that
+amounts stay JSON numbers with every digit (as MoonPay sends them), and signed like MoonPay does.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg2
+import pytest
+from redis import Redis
+from rq import Queue, SimpleWorker
+from sqlalchemy import text
+
+from tests.conftest import (TEST_JWT_SECRET, TEST_MOONPAY_SECRET, TEST_REFRESH_SECRET, TEST_WEBHOOK_SECRET)
+from wallet_api.extensions import db
+from wallet_api.onramp.signature import sign_webhook
+from wallet_api.queues import QUEUE_NAMES
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+WEBHOOK_PATH = "/webhooks/moonpay"
+SUBPROCESS_TIMEOUT = 60
+
+
+class Num(str):
+    """A JSON number written verbatim (e.g. Num("0.123456789012345678")), never through a float."""
+
+
+def to_json(payload) -> bytes:
+    """Serialise a payload, writing Num values as bare JSON numbers."""
+    return re.sub(r'"@@NUM@@([^@"]*)@@"', r"\1", json.dumps(_mark(payload))).encode()
+
+
+def _mark(value):
+    if isinstance(value, Num):
+        return f"@@NUM@@{value}@@"
+    if isinstance(value, dict):
+        return {k: _mark(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mark(v) for v in value]
+    return value
+
+
+def moonpay_event(*, onramp_id=None, user_id=None, moonpay_id: str = "mp_tx_1", status: str = "completed",
+                  event_type: str = "transaction_updated", amount: str | None = "0.05", currency: str = "eth",
+                  updated_at: str = "2026-11-28T10:00:00.000Z", crypto_tx: str | None = "0xfeed",
+                  failure_reason: str | None = None, **data_extra) -> dict:
+    """A MoonPay buy-transaction webhook payload (the shape of the widget webhooks)."""
+    data = {
+        "id": moonpay_id,
+        "createdAt": "2026-11-28T09:59:00.000Z",
+        "updatedAt": updated_at,
+        "baseCurrencyAmount": Num("100"),
+        "quoteCurrencyAmount": Num(amount) if amount is not None else None,
+        "feeAmount": Num("3.99"),
+        "status": status,
+        "walletAddress": "0x000000000000000000000000000000000000dEaD",
+        "cryptoTransactionId": crypto_tx,
+        "failureReason": failure_reason,
+        "externalTransactionId": str(onramp_id) if onramp_id else None,
+        "externalCustomerId": str(user_id) if user_id else None,
+        "baseCurrency": {"code": "usd", "precision": 2},
+        "currency": {"code": currency, "precision": 4},
+        "usdRate": Num("1"),
+    }
+    data.update(data_extra)
+    return {"type": event_type, "data": data, "externalCustomerId": data["externalCustomerId"]}
+
+
+def signature_for(body: bytes, *, secret: str = TEST_WEBHOOK_SECRET, t: int | None = None) -> str:
+    return sign_webhook(body=body, secret=secret, timestamp=int(time.time()) if t is None else t)
+
+
+def post_webhook(client, payload_or_body, *, header: str | None = "sign", t: int | None = None,
+                 remote_addr: str = "127.0.0.1", headers: dict | None = None):
+    """POST a webhook; `header="sign"` signs it correctly, None omits the header, a str is sent as is."""
+    body = payload_or_body if isinstance(payload_or_body, bytes) else to_json(payload_or_body)
+    sent = dict(headers or {})
+    if header == "sign":
+        sent["Moonpay-Signature-V2"] = signature_for(body, t=t)
+    elif header is not None:
+        sent["Moonpay-Signature-V2"] = header
+    return client.post(WEBHOOK_PATH, data=body, headers=sent, content_type="application/json",
+                       environ_base={"REMOTE_ADDR": remote_addr})
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def crypto_wallet(app):
+    """crypto_wallet(user, currency="ETH") -> wallet id (through the wallets service)."""
+    from wallet_api.wallets import service
+
+    def make(user, currency: str = "ETH") -> uuid.UUID:
+        with app.app_context():
+            return service.create_wallet(user_id=user.id, currency=currency).id
+
+    return make
+
+
+@pytest.fixture
+def onramp(app, crypto_wallet):
+    """onramp(user, currency="ETH") -> (onramp transaction id, wallet id), made by the session service."""
+    from wallet_api.onramp import service
+
+    def make(user, currency: str = "ETH", base_amount: str = "100.00"):
+        wallet_id = crypto_wallet(user, currency)
+        with app.app_context():
+            session = service.create_session(user_id=user.id, wallet_id=wallet_id, base_currency="usd",
+                                             base_amount=Decimal(base_amount))
+            return session.transaction.id, wallet_id
+
+    return make
+
+
+@pytest.fixture
+def db_read(app):
+    """db_read(sql, **params) -> list of row mappings, through a fresh session."""
+
+    def read(sql: str, **params):
+        with app.app_context():
+            try:
+                return [dict(r) for r in db.session.execute(text(sql), params).mappings().all()]
+            finally:
+                db.session.remove()
+
+    return read
+
+
+@pytest.fixture
+def books(db_read):
+    return Books(db_read)
+
+
+class Books:
+    """Assertions' view of money and events."""
+
+    def __init__(self, read):
+        self.read = read
+
+    def balance(self, wallet_id) -> Decimal:
+        return self.read("SELECT balance FROM wallets WHERE id = :w", w=wallet_id)[0]["balance"]
+
+    def entries_sum(self, wallet_id) -> Decimal:
+        return self.read("SELECT coalesce(sum(amount), 0) AS s FROM ledger_entries WHERE wallet_id = :w",
+                         w=wallet_id)[0]["s"]
+
+    def credits(self, wallet_id) -> int:
+        return self.read("SELECT count(*) AS n FROM ledger_entries WHERE wallet_id = :w", w=wallet_id)[0]["n"]
+
+    def onramp(self, onramp_id) -> dict:
+        return self.read("SELECT * FROM onramp_transactions WHERE id = :i", i=onramp_id)[0]
+
+    def events(self) -> list[dict]:
+        return self.read("SELECT * FROM webhook_events ORDER BY received_at, id")
+
+    def event(self, event_id) -> dict:
+        return self.read("SELECT * FROM webhook_events WHERE id = :i", i=event_id)[0]
+
+    def count(self, table: str) -> int:
+        return self.read(f"SELECT count(*) AS n FROM {table}")[0]["n"]
+
+
+@pytest.fixture
+def run_jobs(app, settings):
+    """run_jobs() drains every queue with an in-process rq SimpleWorker; returns True if it ran jobs."""
+
+    def run() -> bool:
+        connection = Redis.from_url(settings.redis_url)
+        queues = [Queue(name, connection=connection) for name in QUEUE_NAMES]
+        with app.app_context():
+            return SimpleWorker(queues, connection=connection).work(burst=True, logging_level="WARNING")
+
+    return run
+
+
+def worker_env(settings, **extra) -> dict[str, str]:
+    """The environment a real worker process of this test run gets (same database and Redis)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "MOONPAY_", "JWT_"))}
+    env.update({
+        "APP_ENV": "test", "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+        "JWT_SECRET": TEST_JWT_SECRET, "JWT_REFRESH_SECRET": TEST_REFRESH_SECRET,
+        "MOONPAY_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET, "MOONPAY_SECRET_KEY": TEST_MOONPAY_SECRET,
+        "LOG_LEVEL": "WARNING", "RATELIMIT_ENABLED": "false",
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+    })
+    env.update(extra)
+    return env
+
+
+def rq_worker_command(settings, *, burst: bool = True) -> list[str]:
+    """`rq worker` exactly as bin/start-worker runs it (minus the preflight)."""
+    return [str(VENV_BIN / "rq"), "worker", "--worker-class", "worker.runner.WalletWorker", "--with-scheduler",
+            "--url", settings.redis_url, *(["--burst"] if burst else []), *QUEUE_NAMES]
+
+
+def start_worker_process(settings, *, burst: bool = True, command: list[str] | None = None,
+                         **env) -> subprocess.Popen:
+    # Tests hold row locks for a while on purpose: a generous lock timeout keeps the job waiting.
+    env.setdefault("LEDGER_LOCK_TIMEOUT_MS", "30000")
+    return subprocess.Popen(command or rq_worker_command(settings, burst=burst), cwd=ROOT,
+                            env=worker_env(settings, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = SUBPROCESS_TIMEOUT) -> str:
+    """Wait for a process (killing its group on timeout) and return its output."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(process.pid)
+        output, _ = process.communicate(timeout=10)
+        raise AssertionError(f"process did not finish in {timeout}s:\n{output}") from None
+    return output
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Kill a process and every descendant (a work-horse runs in its own process group)."""
+    for child in children_of(pid):
+        kill_tree(child, sig)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def wait_for(predicate, *, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+class RowLock:
+    """Hold `SELECT ... FOR UPDATE` on one row from a separate connection (blocks workers on it)."""
+
+    def __init__(self, settings, table: str, row_id):
+        self.conn = psycopg2.connect(settings.database_url)
+        # pg_stat_activity is a per-transaction snapshot: watch it from an autocommit connection.
+        self.monitor = psycopg2.connect(settings.database_url)
+        self.monitor.autocommit = True
+        self.table, self.row_id = table, str(row_id)
+
+    def __enter__(self):
+        with self.conn.cursor() as cur:
+            cur.execute(f"SELECT id FROM {self.table} WHERE id = %s FOR UPDATE", (self.row_id,))
+        return self
+
+    def waiting_backends(self) -> list[int]:
+        """Backends of this database waiting for a lock (behind ours, directly or queued behind a waiter)."""
+        with self.monitor.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND wait_event_type = 'Lock'")
+            return [row[0] for row in cur.fetchall()]
+
+    def release(self):
+        if not self.conn.closed:
+            self.conn.rollback()
+            self.conn.close()
+        if not self.monitor.closed:
+            self.monitor.close()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def backend_alive(settings, pid: int) -> bool:
+    conn = psycopg2.connect(settings.database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+            return cur.fetchone()[0] > 0
+    finally:
+        conn.close()
+
+
+def utc(*args) -> dt.datetime:
+    return dt.datetime(*args, tzinfo=dt.timezone.utc)

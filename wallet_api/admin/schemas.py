@@ -1,0 +1,40 @@
+from marshmallow import Schema, fields, validate
+
+from wallet_api.admin.models import DlqResolution
+from wallet_api.onramp.pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+
+class DlqQuerySchema(Schema):
+    status = fields.String(load_default="unresolved", validate=validate.OneOf(["unresolved", "resolved"]))
+    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1, max=MAX_LIMIT))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+
+
+class DlqEntrySchema(Schema):
+    id = fields.UUID(dump_only=True)
+    provider = fields.String(dump_only=True)
+    external_id = fields.String(dump_only=True)
+    event_id = fields.UUID(dump_only=True)
+    event_type = fields.String(dump_only=True)
+    payload = fields.String(dump_only=True, metadata={
+        "description": "The event body exactly as received (JSON text; amounts keep every digit)"})
+    failure_reason = fields.String(dump_only=True)
+    attempts = fields.Integer(dump_only=True)
+    created_at = fields.DateTime(dump_only=True)
+    status = fields.Function(lambda e: "unresolved" if e.resolved_at is None else "resolved")
+    resolved_at = fields.DateTime(dump_only=True, allow_none=True)
+    resolved_by = fields.UUID(dump_only=True, allow_none=True)
+    resolution = fields.String(dump_only=True, allow_none=True)
+    resolution_note = fields.String(dump_only=True, allow_none=True)
+
+
+class DlqPageSchema(Schema):
+    items = fields.List(fields.Nested(DlqEntrySchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class DlqResolveSchema(Schema):
+    note = fields.String(required=True, validate=validate.Length(min=1, max=2000))
+    action = fields.String(required=True, validate=validate.OneOf(DlqResolution.ALL), metadata={
+        "description": "replay: reset the event and process it again (credits at most once); "
+                       "discard: close the entry, leave the event parked"})

@@ -1,0 +1,257 @@
+"""Apply one stored MoonPay webhook event to its on-ramp transaction, exactly once.
+
+See the design overview in `wallet_api/onramp/pipeline.py`. In short: one database
+transaction locks the event row, then the on-ramp transaction row, applies the forward-only
+status change (crediting through `ledger.credit` for `completed`), and marks the event
+processed; a failure rolls back to a savepoint and is recorded on the event instead.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import uuid
+from decimal import Decimal
+
+import structlog
+from flask import current_app
+from rq.exceptions import ShutDownImminentException
+from rq.timeouts import BaseTimeoutException
+from sqlalchemy import select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from wallet_api.admin import service as admin_service
+from wallet_api.db_types import utcnow
+from wallet_api.errors import ApiError
+from wallet_api.extensions import db
+from wallet_api.metrics import record_webhook, timed
+from wallet_api.onramp.models import MOONPAY_STATUS, EventStatus, OnrampStatus, OnrampTransaction, WebhookEvent
+from wallet_api.onramp.moonpay_client import MoonPayTransaction
+from wallet_api.onramp.pipeline import PROVIDER, RETRY_BACKOFF, load_payload
+from wallet_api.onramp.service import currency_for_moonpay_code
+from wallet_api.wallets.currencies import MAX_AMOUNT, PRECISION, quantum
+from wallet_api.wallets.models import SystemAccount, Wallet
+
+log = structlog.get_logger(__name__)
+
+MAX_ERROR_LENGTH = 2000
+# Amounts are checked in a context wide enough that no quantize can round or overflow.
+_EXACT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
+
+
+# The job was stopped (warm shutdown, job timeout), not refused: these must not consume an attempt.
+_INTERRUPTIONS = (ShutDownImminentException, BaseTimeoutException)
+
+
+class ProcessingError(Exception):
+    """The event cannot be applied as it stands: recorded on the event, retried, then dead-lettered."""
+
+
+def process_event(*, event_id: uuid.UUID, now: dt.datetime | None = None) -> str:
+    """Apply one webhook event in one transaction; return the outcome (idempotent)."""
+    now = now or utcnow()
+    settings = current_app.config["SETTINGS"]
+    session = db.session
+    with timed() as elapsed:
+        # A worker that died mid-job must not leave its backend holding our locks for long.
+        session.execute(text(f"SET LOCAL lock_timeout = {int(settings.ledger_lock_timeout_ms)}"))
+        event = session.execute(
+            select(WebhookEvent).where(WebhookEvent.id == event_id).with_for_update()
+            .execution_options(populate_existing=True)
+        ).scalar_one_or_none()
+        if event is None:
+            session.rollback()
+            log.warning("webhook_event_missing", event_id=str(event_id))
+            record_webhook(provider=PROVIDER, stage="process", outcome="missing")
+            return "missing"
+        if event.status in (EventStatus.PROCESSED, EventStatus.DEAD_LETTERED):
+            status = event.status
+            session.rollback()
+            record_webhook(provider=PROVIDER, stage="process", outcome=f"already_{status}")
+            return f"already_{status}"
+
+        event.attempts += 1
+        event.last_attempt_at = now
+        log_context = dict(event_id=str(event.id), external_id=event.external_id,
+                           external_status=event.external_status, attempt=event.attempts)
+        try:
+            with session.begin_nested():
+                outcome = _apply(event=event, now=now)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded, so a bug ends in the DLQ too
+            if isinstance(exc, _INTERRUPTIONS) or getattr(exc, "connection_invalidated", False):
+                raise  # not the event's fault: roll everything back and let RQ run the job again
+            reason = _describe(exc)
+            outcome = _record_failure(event=event, reason=reason, now=now, settings=settings)
+            session.commit()
+            log.warning("webhook_processing_failed", outcome=outcome, reason=reason, **log_context)
+        else:
+            event.status = EventStatus.PROCESSED
+            event.outcome = outcome
+            event.processed_at = now
+            event.next_attempt_at = None
+            session.commit()
+            log.info("webhook_processed", outcome=outcome, **log_context)
+        record_webhook(provider=PROVIDER, stage="process", outcome=outcome, duration_s=elapsed())
+    return outcome
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ProcessingError):
+        reason = str(exc)
+    elif isinstance(exc, ApiError):
+        reason = f"{exc.error}: {exc.message}"
+    elif isinstance(exc, SQLAlchemyError):
+        # The statement and its parameters stay out of the stored reason; the DB message is enough.
+        orig = getattr(exc, "orig", None)
+        reason = f"database error: {type(orig or exc).__name__}: {str(orig or exc).splitlines()[0]}"
+    else:
+        reason = f"unexpected error: {type(exc).__name__}: {exc}"
+    return reason[:MAX_ERROR_LENGTH]
+
+
+def _record_failure(*, event: WebhookEvent, reason: str, now: dt.datetime, settings) -> str:
+    """Schedule the next retry, or park the event in the DLQ and alert when retries are used up."""
+    event.last_error = reason
+    retries_used = event.attempts - 1
+    if retries_used >= settings.webhook_max_retries:
+        event.status = EventStatus.DEAD_LETTERED
+        event.next_attempt_at = None
+        event.outcome = "dead_lettered"
+        admin_service.dead_letter(provider=event.provider, external_id=event.external_id, event_id=event.id,
+                                  event_type=event.event_type, payload=event.payload,
+                                  failure_reason=reason, attempts=event.attempts)
+        admin_service.raise_alert(
+            alert_type="WEBHOOK_FAILURE", severity="high",
+            title=f"{event.provider} webhook failed {event.attempts} times",
+            message=f"Event {event.id} ({event.event_type}, {event.external_status}) for "
+                    f"{event.provider} transaction {event.external_id} was moved to the dead letter "
+                    f"queue: {reason}",
+            metadata={"provider": event.provider, "external_id": event.external_id,
+                      "event_id": str(event.id), "failure_reason": reason, "attempts": event.attempts})
+        return "dead_lettered"
+    delay = RETRY_BACKOFF[min(retries_used, len(RETRY_BACKOFF) - 1)]
+    event.status = EventStatus.RETRY_SCHEDULED
+    event.next_attempt_at = now + delay
+    event.outcome = "retry_scheduled"
+    return "retry_scheduled"
+
+
+# --------------------------------------------------------------------------- applying
+
+
+def _apply(*, event: WebhookEvent, now: dt.datetime) -> str:
+    payload = load_payload(event.payload)
+    tx = MoonPayTransaction.from_payload(payload["data"])
+    new_status = MOONPAY_STATUS.get(tx.status)
+    if new_status is None:
+        raise ProcessingError(f"unknown MoonPay status {tx.status!r}")
+    onramp = _locked_onramp(tx)
+    if tx.external_customer_id is not None and tx.external_customer_id != str(onramp.user_id):
+        raise ProcessingError("externalCustomerId does not match the on-ramp transaction's user")
+    if onramp.moonpay_transaction_id is not None and onramp.moonpay_transaction_id != tx.id:
+        raise ProcessingError(
+            f"on-ramp transaction {onramp.id} is already bound to MoonPay transaction "
+            f"{onramp.moonpay_transaction_id}; refusing a second one ({tx.id})")
+    if tx.currency_code is not None and currency_for_moonpay_code(tx.currency_code) != onramp.currency:
+        raise ProcessingError(
+            f"currency mismatch: MoonPay says {tx.currency_code!r}, the on-ramp wallet holds {onramp.currency}")
+
+    current = onramp.status
+    if current in OnrampStatus.TERMINAL:
+        if new_status == current:
+            return f"already_{current}"
+        if new_status not in OnrampStatus.TERMINAL:
+            return "stale_status_ignored"  # a late pending never overwrites completed/failed
+        raise ProcessingError(
+            f"conflicting terminal status: the on-ramp transaction is {current}, MoonPay now says {tx.status}")
+
+    provider_updated_at = _parse_time(tx.updated_at)
+    if new_status == OnrampStatus.COMPLETED:
+        return _complete(event=event, onramp=onramp, tx=tx, now=now, provider_updated_at=provider_updated_at)
+
+    if (new_status not in OnrampStatus.TERMINAL and provider_updated_at is not None
+            and onramp.provider_updated_at is not None and provider_updated_at < onramp.provider_updated_at):
+        return "stale_status_ignored"  # same rank, older news
+    onramp.moonpay_transaction_id = tx.id
+    onramp.status = new_status
+    onramp.updated_at = now
+    onramp.provider_updated_at = provider_updated_at or onramp.provider_updated_at
+    if tx.crypto_transaction_id:
+        onramp.crypto_transaction_id = tx.crypto_transaction_id
+    if new_status == OnrampStatus.FAILED:
+        onramp.failure_reason = (tx.failure_reason or "failed at MoonPay")[:MAX_ERROR_LENGTH]
+        onramp.failed_at = now
+        return "marked_failed"
+    return f"status_{new_status}"
+
+
+def _locked_onramp(tx: MoonPayTransaction) -> OnrampTransaction:
+    if tx.external_transaction_id is None:
+        raise ProcessingError("data.externalTransactionId is missing: not a purchase started through our widget")
+    try:
+        onramp_id = uuid.UUID(tx.external_transaction_id)
+    except ValueError:
+        raise ProcessingError(f"unknown on-ramp transaction {tx.external_transaction_id!r}") from None
+    onramp = db.session.execute(
+        select(OnrampTransaction).where(OnrampTransaction.id == onramp_id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).scalar_one_or_none()
+    if onramp is None:
+        raise ProcessingError(f"unknown on-ramp transaction {onramp_id}")
+    return onramp
+
+
+def _complete(*, event: WebhookEvent, onramp: OnrampTransaction, tx: MoonPayTransaction, now: dt.datetime,
+              provider_updated_at: dt.datetime | None) -> str:
+    from wallet_api.wallets import ledger
+
+    wallet = db.session.get(Wallet, onramp.wallet_id)
+    if wallet is None or wallet.is_system:
+        raise ProcessingError(f"wallet {onramp.wallet_id} not found")
+    if wallet.currency != onramp.currency:
+        raise ProcessingError(f"currency mismatch: wallet {wallet.id} holds {wallet.currency}, "
+                              f"the on-ramp transaction is in {onramp.currency}")
+    amount = exact_amount(tx.quote_currency_amount, wallet.currency)
+    result = ledger.credit(
+        wallet_id=wallet.id, amount=amount,
+        idempotency_key=f"webhook:moonpay:{tx.id}:{wallet.id}:credit",
+        kind="onramp_credit", counter_account=SystemAccount.MOONPAY_CLEARING,
+        reference=f"moonpay:{tx.id}",
+        metadata={"moonpay_transaction_id": tx.id, "crypto_transaction_id": tx.crypto_transaction_id,
+                  "onramp_transaction_id": str(onramp.id), "event_id": str(event.id)},
+        commit=False,
+    )
+    onramp.status = OnrampStatus.COMPLETED
+    onramp.moonpay_transaction_id = tx.id
+    onramp.crypto_transaction_id = tx.crypto_transaction_id or onramp.crypto_transaction_id
+    onramp.quote_currency_amount = amount
+    onramp.ledger_transaction_id = result.transaction_id
+    onramp.completed_at = now
+    onramp.updated_at = now
+    onramp.provider_updated_at = provider_updated_at or onramp.provider_updated_at
+    return "credit_replayed" if result.replayed else "credited"
+
+
+def exact_amount(amount: Decimal | None, currency: str) -> Decimal:
+    """The amount at the currency's precision, only when that loses nothing: money is never rounded."""
+    if amount is None:
+        raise ProcessingError("data.quoteCurrencyAmount is missing on a completed transaction")
+    if amount <= 0:
+        raise ProcessingError(f"data.quoteCurrencyAmount must be positive, got {amount}")
+    if amount > MAX_AMOUNT:
+        raise ProcessingError(f"data.quoteCurrencyAmount {amount} is out of range")
+    try:
+        return amount.quantize(quantum(currency), context=_EXACT)
+    except decimal.DecimalException:
+        raise ProcessingError(
+            f"data.quoteCurrencyAmount {amount} has more decimals than {currency} allows "
+            f"({PRECISION[currency]}); refusing to round") from None
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)

@@ -1,0 +1,86 @@
+"""Request and response shapes of on-ramp sessions and transactions, and the webhook acknowledgement."""
+from marshmallow import Schema, ValidationError, fields, validate
+
+from wallet_api.onramp.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from wallet_api.onramp.service import BASE_CURRENCIES
+from wallet_api.wallets.amounts import format_money
+from wallet_api.wallets.schemas import AmountField
+
+
+class BaseCurrencyField(fields.String):
+    """usd, eur or gbp in any case, normalised to upper case."""
+
+    def __init__(self, **kwargs):
+        super().__init__(metadata={"enum": [c.lower() for c in BASE_CURRENCIES], "example": "usd"}, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        code = super()._deserialize(value, attr, data, **kwargs).strip().upper()
+        if code not in BASE_CURRENCIES:
+            raise ValidationError(f"Must be one of: {', '.join(c.lower() for c in BASE_CURRENCIES)}.")
+        return code
+
+
+class CreateSessionSchema(Schema):
+    wallet_id = fields.UUID(required=True, metadata={"description": "One of your crypto wallets (BTC, ETH, SOL, USDC)"})
+    base_currency = BaseCurrencyField(required=True)
+    base_amount = AmountField(required=True, metadata={"description": "Fiat amount to spend, at most 2 decimals",
+                                                       "example": "100.00"})
+
+
+class _Money(fields.Field):
+    """Dump a Decimal at the precision of the currency named by `currency_attr` on the object."""
+
+    def __init__(self, currency_attr: str, **kwargs):
+        super().__init__(dump_only=True, **kwargs)
+        self.currency_attr = currency_attr
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None:
+            return None
+        return format_money(value, getattr(obj, self.currency_attr))
+
+
+class OnrampTransactionSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    status = fields.String(dump_only=True, metadata={
+        "description": "pending | waiting_payment | waiting_authorization | completed | failed"})
+    wallet_id = fields.UUID(dump_only=True)
+    currency = fields.String(dump_only=True)
+    base_currency = fields.String(dump_only=True)
+    base_amount = _Money("base_currency")
+    moonpay_transaction_id = fields.String(dump_only=True, allow_none=True)
+    crypto_transaction_id = fields.String(dump_only=True, allow_none=True)
+    quote_currency_amount = _Money("currency", metadata={"description": "The credited amount"})
+    failure_reason = fields.String(dump_only=True, allow_none=True)
+    ledger_transaction_id = fields.UUID(dump_only=True, allow_none=True)
+    created_at = fields.DateTime(dump_only=True)
+    updated_at = fields.DateTime(dump_only=True)
+    completed_at = fields.DateTime(dump_only=True, allow_none=True)
+    failed_at = fields.DateTime(dump_only=True, allow_none=True)
+
+
+class SessionSchema(Schema):
+    id = fields.UUID(dump_only=True, attribute="transaction.id")
+    status = fields.String(dump_only=True, attribute="transaction.status")
+    widget_url = fields.String(dump_only=True, metadata={
+        "description": "MoonPay buy widget, signed with the MoonPay secret key"})
+    wallet_id = fields.UUID(dump_only=True, attribute="transaction.wallet_id")
+    currency = fields.String(dump_only=True, attribute="transaction.currency")
+    base_currency = fields.String(dump_only=True, attribute="transaction.base_currency")
+    base_amount = fields.Function(lambda s: format_money(s.transaction.base_amount, s.transaction.base_currency))
+    created_at = fields.DateTime(dump_only=True, attribute="transaction.created_at")
+
+
+class PageQuerySchema(Schema):
+    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1, max=MAX_LIMIT))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
+
+
+class OnrampTransactionPageSchema(Schema):
+    items = fields.List(fields.Nested(OnrampTransactionSchema))
+    next_cursor = fields.String(allow_none=True)
+
+
+class WebhookAckSchema(Schema):
+    received = fields.Boolean()
+    duplicate = fields.Boolean(metadata={"description": "Present and true when this event was already stored"})

@@ -1,0 +1,136 @@
+"""Request and response shapes of wallets, the ledger, transfers and admin adjustments.
+
+Amounts travel as decimal strings in plain notation. `AmountField` checks the shape, sign and
+size; the currency's precision needs the wallet, so the service checks it (amounts.check_amount).
+Responses format amounts at the currency's precision through `MoneyField` (never a float, never
+exponent notation).
+"""
+from marshmallow import Schema, ValidationError, fields, validate
+
+from wallet_api.wallets import amounts
+from wallet_api.wallets.currencies import MAX_AMOUNT, SUPPORTED
+
+SUPPORTED_LIST = ", ".join(SUPPORTED)
+MAX_REFERENCE_LENGTH = 255
+MAX_REASON_LENGTH = 500
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+
+
+class AmountField(fields.Field):
+    """A positive decimal string such as "10.50" -> Decimal. JSON numbers are refused."""
+
+    def __init__(self, **kwargs):
+        metadata = {"type": "string", "pattern": amounts.AMOUNT_PATTERN.pattern, "example": "10.50",
+                    "description": f"Decimal string, > 0, at most {MAX_AMOUNT:f}, at most the currency's "
+                                   "precision in decimals.", **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        try:
+            return amounts.parse_amount(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+
+class MoneyField(fields.Field):
+    """Dump a Decimal attribute as a string at the precision of the object's `currency`."""
+
+    def __init__(self, **kwargs):
+        metadata = {"type": "string", "example": "10.50", **kwargs.pop("metadata", {})}
+        super().__init__(dump_only=True, metadata=metadata, **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        currency = obj["currency"] if isinstance(obj, dict) else obj.currency
+        return amounts.format_money(value, currency)
+
+
+class CurrencyField(fields.String):
+    """A supported currency code; lower case is accepted and normalised."""
+
+    def __init__(self, **kwargs):
+        metadata = {"enum": list(SUPPORTED), "example": "USD", **kwargs.pop("metadata", {})}
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        code = super()._deserialize(value, attr, data, **kwargs).strip().upper()
+        if code not in SUPPORTED:
+            raise ValidationError(f"Unsupported currency; supported currencies: {SUPPORTED_LIST}.")
+        return code
+
+
+class WalletCreateSchema(Schema):
+    currency = CurrencyField(required=True)
+
+
+class WalletSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    currency = fields.String(dump_only=True)
+    balance = MoneyField()
+    created_at = fields.DateTime(dump_only=True)
+    updated_at = fields.DateTime(dump_only=True)
+
+
+class LedgerQuerySchema(Schema):
+    limit = fields.Integer(load_default=DEFAULT_PAGE_SIZE,
+                           validate=validate.Range(min=1, max=MAX_PAGE_SIZE,
+                                                   error=f"limit must be between 1 and {MAX_PAGE_SIZE}."))
+    cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=200),
+                           metadata={"description": "next_cursor of the previous page (opaque)."})
+
+
+class LedgerEntrySchema(Schema):
+    id = fields.Integer(dump_only=True)
+    transaction_id = fields.UUID(dump_only=True)
+    amount = MoneyField(metadata={"description": "Signed: positive credits the wallet, negative debits it."})
+    balance_after = MoneyField()
+    kind = fields.String(dump_only=True)
+    reference = fields.String(dump_only=True, allow_none=True)
+    created_at = fields.DateTime(dump_only=True)
+    currency = fields.String(dump_only=True)
+
+
+class LedgerPageSchema(Schema):
+    items = fields.List(fields.Nested(LedgerEntrySchema), dump_only=True)
+    next_cursor = fields.String(dump_only=True, allow_none=True,
+                                metadata={"description": "Pass as `cursor` for the next (older) page; "
+                                                         "null on the last page."})
+
+
+class TransferCreateSchema(Schema):
+    from_wallet_id = fields.UUID(required=True)
+    to_wallet_id = fields.UUID(required=True)
+    amount = AmountField(required=True)
+    reference = fields.String(load_default=None, allow_none=True,
+                              validate=validate.Length(min=1, max=MAX_REFERENCE_LENGTH))
+
+
+class TransferSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    from_wallet_id = fields.UUID(dump_only=True)
+    to_wallet_id = fields.UUID(dump_only=True)
+    amount = MoneyField()
+    currency = fields.String(dump_only=True)
+    reference = fields.String(dump_only=True, allow_none=True)
+    created_at = fields.DateTime(dump_only=True)
+
+
+class AdjustmentCreateSchema(Schema):
+    amount = AmountField(required=True)
+    reason = fields.String(required=True, validate=[
+        validate.Length(min=1, max=MAX_REASON_LENGTH,
+                        error=f"reason must be 1 to {MAX_REASON_LENGTH} characters."),
+        validate.Regexp(r"(?s).*\S", error="reason must not be blank.")])
+
+
+class AdjustmentSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    kind = fields.String(dump_only=True)
+    wallet_id = fields.UUID(dump_only=True)
+    counter_wallet_id = fields.UUID(dump_only=True)
+    amount = MoneyField()
+    currency = fields.String(dump_only=True)
+    balance_after = MoneyField()
+    reason = fields.String(dump_only=True)
+    initiated_by = fields.UUID(dump_only=True)
+    created_at = fields.DateTime(dump_only=True)

@@ -1,0 +1,191 @@
+"""Wallet use cases: open and list wallets, read the ledger, transfer, admin adjustments.
+
+Ownership is checked here: a wallet or transfer of another user is reported as not found (404),
+never as forbidden, so ids leak nothing. Money moves only through `ledger`; this module decides
+who may ask for which movement and builds the ledger idempotency keys
+(`{source}:{reference}:{walletId}:{action}`), with the request's Idempotency-Key reference when
+the client sent one (see idempotency.request_reference) and a fresh one otherwise.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+
+from wallet_api.errors import Conflict, NotFound, Unprocessable, field_error
+from wallet_api.extensions import db
+from wallet_api.wallets import amounts, ledger
+from wallet_api.wallets.ledger import CurrencyMismatch, WalletNotFound
+from wallet_api.wallets.models import SystemAccount, Wallet
+
+TRANSFER_KIND = "transfer"
+ADMIN_KINDS = {ledger.CREDIT: "admin_credit", ledger.DEBIT: "admin_debit"}
+CURSOR_PREFIX = "v1:"
+
+
+@dataclass(frozen=True)
+class LedgerPage:
+    items: list[dict]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class TransferView:
+    id: uuid.UUID
+    from_wallet_id: uuid.UUID
+    to_wallet_id: uuid.UUID
+    amount: Decimal
+    currency: str
+    reference: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AdjustmentView:
+    id: uuid.UUID
+    kind: str
+    wallet_id: uuid.UUID
+    counter_wallet_id: uuid.UUID
+    amount: Decimal
+    currency: str
+    balance_after: Decimal
+    reason: str
+    initiated_by: uuid.UUID
+    created_at: dt.datetime
+
+
+def create_wallet(*, user_id: uuid.UUID, currency: str) -> Wallet:
+    """Open the user's wallet in `currency`; 409 when they already have one."""
+    wallet = Wallet(user_id=user_id, currency=currency)
+    db.session.add(wallet)
+    try:
+        db.session.commit()
+    except IntegrityError as exc:
+        db.session.rollback()
+        if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) == "uq_wallets_user_currency":
+            raise Conflict(f"You already have a {currency} wallet.", error="wallet_exists") from None
+        raise
+    return wallet
+
+
+def list_wallets(*, user_id: uuid.UUID) -> list[Wallet]:
+    """The user's wallets, oldest first."""
+    return list(db.session.scalars(
+        select(Wallet).where(Wallet.user_id == user_id).order_by(Wallet.created_at, Wallet.currency)))
+
+
+def get_wallet(*, user_id: uuid.UUID, wallet_id: uuid.UUID) -> Wallet:
+    """The user's wallet; 404 when it does not exist or belongs to someone else."""
+    wallet = db.session.scalar(select(Wallet).where(Wallet.id == wallet_id, Wallet.user_id == user_id))
+    if wallet is None:
+        raise WalletNotFound("Wallet not found.")
+    return wallet
+
+
+def ledger_page(*, user_id: uuid.UUID, wallet_id: uuid.UUID, limit: int, cursor: str | None) -> LedgerPage:
+    """Entries of the user's wallet, newest first, `limit` per page after `cursor`."""
+    get_wallet(user_id=user_id, wallet_id=wallet_id)
+    before = decode_cursor(cursor) if cursor is not None else None
+    rows = db.session.execute(text("""
+        SELECT e.id, e.transaction_id, e.amount, e.balance_after, e.currency, e.created_at,
+               t.kind, t.reference
+        FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+        WHERE e.wallet_id = :wallet_id AND (CAST(:before AS bigint) IS NULL OR e.id < :before)
+        ORDER BY e.id DESC
+        LIMIT :fetch"""), {"wallet_id": wallet_id, "before": before, "fetch": limit + 1}).mappings().all()
+    items = [dict(row) for row in rows[:limit]]
+    next_cursor = encode_cursor(items[-1]["id"]) if len(rows) > limit else None
+    return LedgerPage(items=items, next_cursor=next_cursor)
+
+
+def encode_cursor(entry_id: int) -> str:
+    return base64.urlsafe_b64encode(f"{CURSOR_PREFIX}{entry_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The entry id inside a cursor from `encode_cursor`; 422 for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        if not raw.startswith(CURSOR_PREFIX):
+            raise ValueError(raw)
+        entry_id = int(raw[len(CURSOR_PREFIX):])
+        if entry_id <= 0 or entry_id >= 2**63:
+            raise ValueError(raw)
+        return entry_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        message = "Invalid cursor: pass the next_cursor value of a previous page unchanged."
+        raise Unprocessable(message, error="invalid_cursor", errors={"query": {"cursor": [message]}}) from None
+
+
+def create_transfer(*, user_id: uuid.UUID, from_wallet_id: uuid.UUID, to_wallet_id: uuid.UUID,
+                    amount: Decimal, reference: str | None = None, request_ref: str | None = None) -> TransferView:
+    """Move money from the user's wallet to any user wallet of the same currency."""
+    source = db.session.scalar(select(Wallet).where(Wallet.id == from_wallet_id, Wallet.user_id == user_id))
+    if source is None:
+        raise WalletNotFound(f"Source wallet {from_wallet_id} was not found.")
+    destination = db.session.scalar(select(Wallet).where(Wallet.id == to_wallet_id, Wallet.user_id.is_not(None)))
+    if destination is None:
+        raise WalletNotFound(f"Destination wallet {to_wallet_id} was not found.")
+    if source.id == destination.id:
+        raise field_error("to_wallet_id", "Cannot transfer to the same wallet.", error="same_wallet")
+    if source.currency != destination.currency:
+        raise CurrencyMismatch(f"Cannot transfer {source.currency} to a {destination.currency} wallet.")
+    amounts.check_amount(amount, source.currency)
+    result = ledger.transfer(
+        from_wallet_id=source.id, to_wallet_id=destination.id, amount=amount,
+        idempotency_key=ledger.entry_key(source="transfer", reference=request_ref or _fresh_reference(),
+                                         wallet_id=source.id, action=ledger.DEBIT),
+        reference=reference, metadata={"channel": "api"}, initiated_by=user_id)
+    return _transfer_view(result)
+
+
+def get_transfer(*, user_id: uuid.UUID, transfer_id: uuid.UUID) -> TransferView:
+    """A transfer touching one of the user's wallets; 404 otherwise."""
+    found = ledger.get_transaction(transaction_id=transfer_id)
+    if found is None or found.kind != TRANSFER_KIND:
+        raise NotFound("Transfer not found.", error="transfer_not_found")
+    visible = db.session.scalar(select(Wallet.id).where(
+        Wallet.id.in_([leg.wallet_id for leg in found.entries]), Wallet.user_id == user_id).limit(1))
+    if visible is None:
+        raise NotFound("Transfer not found.", error="transfer_not_found")
+    return _transfer_view(found)
+
+
+def adjust_balance(*, admin_id: uuid.UUID, wallet_id: uuid.UUID, action: str, amount: Decimal, reason: str,
+                   request_ref: str | None = None) -> AdjustmentView:
+    """Admin credit or debit of a user wallet, balanced against the platform adjustments wallet."""
+    wallet = db.session.scalar(select(Wallet).where(Wallet.id == wallet_id, Wallet.user_id.is_not(None)))
+    if wallet is None:
+        raise WalletNotFound("Wallet not found.")
+    amounts.check_amount(amount, wallet.currency)
+    move = ledger.credit if action == ledger.CREDIT else ledger.debit
+    result = move(
+        wallet_id=wallet.id, amount=amount, kind=ADMIN_KINDS[action],
+        idempotency_key=ledger.entry_key(source="admin", reference=request_ref or _fresh_reference(),
+                                         wallet_id=wallet.id, action=action),
+        counter_account=SystemAccount.PLATFORM_ADJUSTMENTS,
+        metadata={"reason": reason, "admin_id": admin_id, "channel": "admin_api"}, initiated_by=admin_id)
+    user_leg = result.leg(wallet.id)
+    counter = next(leg for leg in result.entries if leg.wallet_id != wallet.id)
+    return AdjustmentView(id=result.transaction_id, kind=result.kind, wallet_id=wallet.id,
+                          counter_wallet_id=counter.wallet_id, amount=result.amount, currency=result.currency,
+                          balance_after=user_leg.balance_after, reason=reason, initiated_by=admin_id,
+                          created_at=result.created_at)
+
+
+def _transfer_view(result: ledger.LedgerResult) -> TransferView:
+    source = next(leg for leg in result.entries if leg.amount < 0)
+    destination = next(leg for leg in result.entries if leg.amount > 0)
+    return TransferView(id=result.transaction_id, from_wallet_id=source.wallet_id,
+                        to_wallet_id=destination.wallet_id, amount=result.amount, currency=result.currency,
+                        reference=result.reference, created_at=result.created_at)
+
+
+def _fresh_reference() -> str:
+    return f"req-{uuid.uuid4().hex}"

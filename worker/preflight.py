@@ -1,0 +1,35 @@
+"""`python -m worker.preflight`: fail fast before `rq worker` starts; print the queues to consume.
+
+Exits 1, naming every problem, when the configuration is invalid, the app cannot be built or
+Redis cannot be reached. On success prints QUEUE_NAMES (space-separated) for bin/start-worker.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    from redis import Redis
+
+    from wallet_api.config import ConfigError, load_settings
+    from wallet_api.queues import QUEUE_NAMES
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    from wallet_api import create_app
+
+    create_app(settings)  # anything else the app refuses (e.g. a malformed allowlist) stops here
+    try:
+        Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5).ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach Redis stops the boot
+        print(f"Redis at REDIS_URL is not reachable: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(" ".join(QUEUE_NAMES))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
