@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.trusted_proxy_count:
         # Only the hops we run ourselves may set the client address; see docs/SECRETS_AND_ACCESS_CONTROL.md.
         n = settings.trusted_proxy_count
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)
+        app.wsgi_app = TrustedProxyClientAddress(ProxyFix(app.wsgi_app, x_for=0, x_proto=n, x_host=n), n)
 
     import wallet_api.models  # noqa: F401  (register every table)
 
@@ -62,6 +62,27 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_cli(app)
     return app
+
+
+class TrustedProxyClientAddress:
+    """Set REMOTE_ADDR to the client as seen by our outermost trusted proxy (X-Forwarded-For
+    N hops from the right, else X-Real-IP), so rate limits and the webhook allowlist see the
+    real client; client-written entries left of that hop are ignored."""
+
+    def __init__(self, wsgi_app, trusted_proxy_count: int):
+        self.wsgi_app = wsgi_app
+        self.trusted_proxy_count = trusted_proxy_count
+
+    def __call__(self, environ, start_response):
+        from wallet_api.onramp.ip_guard import client_ip
+
+        resolved = client_ip(remote_addr=environ.get("REMOTE_ADDR"),
+                             x_forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"),
+                             x_real_ip=environ.get("HTTP_X_REAL_IP"),
+                             trusted_proxy_count=self.trusted_proxy_count)
+        if resolved:  # a garbage trusted hop keeps the proxy's own address: never a spoofable one
+            environ["REMOTE_ADDR"] = resolved
+        return self.wsgi_app(environ, start_response)
 
 
 def _flask_config(settings: Settings) -> dict:
