@@ -8,25 +8,32 @@ from __future__ import annotations
 import sys
 
 
-def main() -> int:
+def settings_and_redis():
+    """Validated settings and a reachable Redis, or exit 1 naming the problem (never a secret)."""
     from redis import Redis
 
     from wallet_api.config import ConfigError, load_settings
-    from wallet_api.queues import QUEUE_NAMES
 
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 1
-    from wallet_api import create_app
-
-    create_app(settings)  # anything else the app refuses (e.g. a malformed allowlist) stops here
+        raise SystemExit(1) from None
+    connection = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
     try:
-        Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5).ping()
+        connection.ping()
     except Exception as exc:  # noqa: BLE001 - any failure to reach Redis stops the boot
         print(f"Redis at REDIS_URL is not reachable: {type(exc).__name__}", file=sys.stderr)
-        return 1
+        raise SystemExit(1) from None
+    return settings, connection
+
+
+def main() -> int:
+    from wallet_api import create_app
+    from wallet_api.queues import QUEUE_NAMES
+
+    settings, _ = settings_and_redis()
+    create_app(settings)  # anything else the app refuses (e.g. a malformed allowlist) stops here
     print(" ".join(QUEUE_NAMES))
     return 0
 

@@ -10,11 +10,9 @@ Jobs are enqueued by name, so the scheduler process never imports the app's code
 from __future__ import annotations
 
 import datetime as dt
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from redis import Redis
 
 from wallet_api.config import Settings
 from wallet_api.queues import DEFAULT
@@ -82,19 +80,9 @@ def main() -> int:
     """Validate the configuration, then register the schedule; exit 1 naming every problem."""
     from rq_scheduler import Scheduler
 
-    from wallet_api.config import ConfigError, load_settings
+    from worker.preflight import settings_and_redis
 
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    connection = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
-    try:
-        connection.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure to reach Redis stops the boot
-        print(f"Redis at REDIS_URL is not reachable: {type(exc).__name__}", file=sys.stderr)
-        return 1
+    settings, connection = settings_and_redis()
     for job_id, state in register_schedule(scheduler=Scheduler(connection=connection), settings=settings).items():
         print(f"{job_id}: {state}")
     return 0

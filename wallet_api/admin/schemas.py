@@ -1,7 +1,7 @@
 from marshmallow import Schema, fields, validate
 
 from wallet_api.admin.models import DlqResolution
-from wallet_api.onramp.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from wallet_api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 
 class DlqQuerySchema(Schema):

@@ -5,13 +5,13 @@ import datetime as dt
 import uuid
 
 import structlog
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 
 from wallet_api.admin.models import AlertLog, DeadLetterQueue, DlqResolution, Severity
 from wallet_api.db_types import utcnow
 from wallet_api.errors import Conflict, NotFound, field_error
 from wallet_api.extensions import db
-from wallet_api.onramp.pagination import Page, decode_cursor, encode_cursor
+from wallet_api.pagination import Page, keyset_page
 
 log = structlog.get_logger(__name__)
 
@@ -42,14 +42,7 @@ def list_dlq(*, resolved: bool, limit: int, cursor: str | None) -> Page:
     """One page of DLQ entries, newest first; `cursor` continues a previous page."""
     query = select(DeadLetterQueue).where(
         DeadLetterQueue.resolved_at.is_not(None) if resolved else DeadLetterQueue.resolved_at.is_(None))
-    if cursor:
-        created_at, last_id = decode_cursor(cursor)
-        query = query.where(tuple_(DeadLetterQueue.created_at, DeadLetterQueue.id) < tuple_(created_at, last_id))
-    rows = db.session.execute(
-        query.order_by(DeadLetterQueue.created_at.desc(), DeadLetterQueue.id.desc()).limit(limit + 1)
-    ).scalars().all()
-    next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    return Page(items=list(rows[:limit]), next_cursor=next_cursor)
+    return keyset_page(query, DeadLetterQueue, limit=limit, cursor=cursor)
 
 
 def resolve_dlq(*, entry_id: uuid.UUID, action: str, note: str, admin_id: uuid.UUID,

@@ -1,7 +1,7 @@
 """Request and response shapes of on-ramp sessions and transactions, and the webhook acknowledgement."""
 from marshmallow import Schema, ValidationError, fields, validate
 
-from wallet_api.onramp.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from wallet_api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from wallet_api.onramp.service import BASE_CURRENCIES
 from wallet_api.wallets.amounts import format_money
 from wallet_api.wallets.schemas import AmountField

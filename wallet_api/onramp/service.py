@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 
 from wallet_api.db_types import utcnow
 from wallet_api.errors import NotFound, field_error
 from wallet_api.extensions import db
 from wallet_api.onramp.models import OnrampStatus, OnrampTransaction
-from wallet_api.onramp.pagination import Page, decode_cursor, encode_cursor
+from wallet_api.pagination import Page, keyset_page
 from wallet_api.onramp.widget import build_widget_url
 from wallet_api.wallets import amounts
 from wallet_api.wallets import service as wallet_service
@@ -86,11 +86,4 @@ def get_transaction(*, user_id: uuid.UUID, transaction_id: uuid.UUID) -> OnrampT
 def list_transactions(*, user_id: uuid.UUID, limit: int, cursor: str | None) -> Page:
     """The user's on-ramp transactions, newest first, one page at a time."""
     query = select(OnrampTransaction).where(OnrampTransaction.user_id == user_id)
-    if cursor:
-        created_at, last_id = decode_cursor(cursor)
-        query = query.where(tuple_(OnrampTransaction.created_at, OnrampTransaction.id) < tuple_(created_at, last_id))
-    rows = db.session.execute(
-        query.order_by(OnrampTransaction.created_at.desc(), OnrampTransaction.id.desc()).limit(limit + 1)
-    ).scalars().all()
-    next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    return Page(items=list(rows[:limit]), next_cursor=next_cursor)
+    return keyset_page(query, OnrampTransaction, limit=limit, cursor=cursor)

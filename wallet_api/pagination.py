@@ -1,8 +1,8 @@
 """Keyset pagination over (created_at, id), newest first: `{items, next_cursor}` like the wallet ledger.
 
-The cursor is opaque to clients (URL-safe base64 of the last row's sort key); a page never skips
-or repeats a row when rows are added meanwhile. Used by the on-ramp and DLQ listings; a candidate
-for a shared module once other domains need it.
+The cursor is opaque to clients (URL-safe base64 of the last row's sort key); a page never
+repeats a row when rows are added meanwhile. Used by listings whose model has `created_at` and
+`id` (on-ramp transactions, the DLQ); the wallet ledger pages on entry ids instead.
 """
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Select, tuple_
+
 from wallet_api.errors import Unprocessable
+from wallet_api.extensions import db
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -42,3 +45,14 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, uuid.UUID]:
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise Unprocessable("Invalid cursor.", error="validation_error",
                             errors={"query": {"cursor": ["Invalid cursor."]}}) from None
+
+
+def keyset_page(query: Select, model: Any, *, limit: int, cursor: str | None) -> Page:
+    """Run `query` (selecting `model`) for one page, newest first, after `cursor`."""
+    if cursor:
+        created_at, last_id = decode_cursor(cursor)
+        query = query.where(tuple_(model.created_at, model.id) < tuple_(created_at, last_id))
+    rows = db.session.execute(
+        query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)).scalars().all()
+    next_cursor = encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+    return Page(items=list(rows[:limit]), next_cursor=next_cursor)
