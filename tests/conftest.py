@@ -15,7 +15,6 @@ import psycopg2
 import pytest
 from redis import Redis
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from wallet_api import create_app
 from wallet_api.auth.models import Role, User
@@ -160,10 +159,6 @@ def user(make_user):
 @pytest.fixture
 def admin(make_user):
     return make_user(role=Role.ADMIN.value)
-
-
-def database_name(url: str) -> str:
-    return make_url(url).database
 
 
 @pytest.fixture

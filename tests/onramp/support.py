@@ -99,6 +99,28 @@ def post_webhook(client, payload_or_body, *, header: str | None = "sign", t: int
 # --------------------------------------------------------------------------- fixtures
 
 
+def deliver_concurrently(app, body: bytes, copies: int = 5) -> list:
+    """POST `body` `copies` times at once (each signed with its own timestamp); return the responses."""
+    import threading
+
+    barrier = threading.Barrier(copies)
+    responses = []
+
+    def deliver(i):
+        client = app.test_client()
+        header = signature_for(body, t=int(time.time()) - i)
+        barrier.wait(timeout=10)
+        responses.append(post_webhook(client, body, header=header))
+
+    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(copies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(responses) == copies, "a delivery thread did not finish"
+    return responses
+
+
 @pytest.fixture
 def crypto_wallet(app):
     """crypto_wallet(user, currency="ETH") -> wallet id (through the wallets service)."""

@@ -4,14 +4,14 @@ Refusals come in a fixed order (IP 403, size 413, signature 401, body 400), each
 logged without secrets; an accepted event is stored once and answered 200 in milliseconds.
 """
 import io
-import threading
 import time
 
 import pytest
 from rq import Queue
 
 from tests.conftest import TEST_WEBHOOK_SECRET
-from tests.onramp.support import WEBHOOK_PATH, Num, moonpay_event, post_webhook, signature_for, to_json
+from tests.onramp.support import (WEBHOOK_PATH, Num, deliver_concurrently, moonpay_event, post_webhook, signature_for,
+                                  to_json)
 from wallet_api.metrics import WEBHOOK_EVENTS
 from wallet_api.onramp.pipeline import job_id_for
 from wallet_api.queues import WEBHOOKS
@@ -250,21 +250,7 @@ def test_distinct_status_updates_are_distinct_events(client, user, onramp, books
 
 
 def test_five_concurrent_deliveries_store_one_event(app, event, books):
-    body = to_json(event)
-    barrier = threading.Barrier(5)
-    answers = []
-
-    def deliver(i):
-        client = app.test_client()
-        header = signature_for(body, t=int(time.time()) - i)
-        barrier.wait(timeout=10)
-        answers.append(post_webhook(client, body, header=header).get_json())
-
-    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(5)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    answers = [res.get_json() for res in deliver_concurrently(app, to_json(event))]
     assert sorted(a.get("duplicate", False) for a in answers) == [False, True, True, True, True]
     assert books.count("webhook_events") == 1
 

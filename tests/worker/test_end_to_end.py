@@ -3,15 +3,14 @@ the number of deliveries, worker processes, crashes or lost queues."""
 import datetime as dt
 import signal
 import subprocess
-import threading
-import time
 from decimal import Decimal
 
 import pytest
 from rq import Queue
 
-from tests.onramp.support import (ROOT, RowLock, backend_alive, children_of, finish, kill_tree, moonpay_event,
-                                  post_webhook, signature_for, start_worker_process, to_json, wait_for, worker_env)
+from tests.onramp.support import (ROOT, RowLock, backend_alive, children_of, deliver_concurrently, finish, kill_tree,
+                                  moonpay_event, post_webhook, start_worker_process, to_json, wait_for,
+                                  worker_env)
 from wallet_api.db_types import utcnow
 from wallet_api.onramp.pipeline import run_webhook_maintenance
 from wallet_api.queues import DEFAULT, WEBHOOKS
@@ -48,21 +47,7 @@ def test_bin_start_worker_drains_every_queue_and_credits_once(client, purchase, 
 
 
 def test_five_concurrent_deliveries_of_one_event_credit_once(app, purchase, books, run_jobs):
-    body = to_json(completed(purchase))
-    barrier = threading.Barrier(5)
-    codes = []
-
-    def deliver(i):
-        client = app.test_client()
-        header = signature_for(body, t=int(time.time()) - i)
-        barrier.wait(timeout=10)
-        codes.append(post_webhook(client, body, header=header).status_code)
-
-    threads = [threading.Thread(target=deliver, args=(i,)) for i in range(5)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+    codes = [res.status_code for res in deliver_concurrently(app, to_json(completed(purchase)))]
     assert codes == [200] * 5
     run_jobs()
     assert books.balance(purchase["wallet_id"]) == Decimal("0.75")
