@@ -8,6 +8,7 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from wallet_api.client_address import TrustedProxyClientAddress
 from wallet_api.config import Settings, load_settings
 from wallet_api.errors import register_error_handlers
 from wallet_api.extensions import api, db, jwt, limiter, migrate
@@ -62,27 +63,6 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_cli(app)
     return app
-
-
-class TrustedProxyClientAddress:
-    """Set REMOTE_ADDR to the client as seen by our outermost trusted proxy (X-Forwarded-For
-    N hops from the right, else X-Real-IP), so rate limits and the webhook allowlist see the
-    real client; client-written entries left of that hop are ignored."""
-
-    def __init__(self, wsgi_app, trusted_proxy_count: int):
-        self.wsgi_app = wsgi_app
-        self.trusted_proxy_count = trusted_proxy_count
-
-    def __call__(self, environ, start_response):
-        from wallet_api.onramp.ip_guard import client_ip
-
-        resolved = client_ip(remote_addr=environ.get("REMOTE_ADDR"),
-                             x_forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"),
-                             x_real_ip=environ.get("HTTP_X_REAL_IP"),
-                             trusted_proxy_count=self.trusted_proxy_count)
-        if resolved:  # a garbage trusted hop keeps the proxy's own address: never a spoofable one
-            environ["REMOTE_ADDR"] = resolved
-        return self.wsgi_app(environ, start_response)
 
 
 def _flask_config(settings: Settings) -> dict:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from environs import Env, EnvValidationError
 from marshmallow.validate import Length, OneOf, Range
 
+from wallet_api.client_address import IpAllowlist
+
 APP_ENVS = ("development", "test", "production")
 MIN_SECRET_LENGTH = 32
 
@@ -129,8 +131,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if "*" in (values["cors_allowed_origins"] or []):
         problems.setdefault("CORS_ALLOWED_ORIGINS", []).append("'*' is not allowed; list origins.")
     if not problems and values["webhook_allowed_ips"]:
-        from wallet_api.onramp.ip_guard import IpAllowlist
-
         try:
             IpAllowlist.parse(values["webhook_allowed_ips"])
         except ValueError as exc:

@@ -39,7 +39,7 @@ def webhook_retry() -> dict:
 
 def purge_idempotency_keys() -> int:
     """Periodic: delete API Idempotency-Key records past their expiry."""
-    from wallet_api.wallets.idempotency import purge_expired
+    from wallet_api.idempotency import purge_expired
 
     _bind_job()
     with job_app_context():

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from tests.wallets.conftest import run_concurrently
 from tests.wallets.test_ledger import wait_until_blocked
 from wallet_api.extensions import db
-from wallet_api.wallets import idempotency
+from wallet_api import idempotency
 
 
 @pytest.fixture

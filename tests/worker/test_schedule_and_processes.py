@@ -136,7 +136,7 @@ def test_the_purge_job_deletes_only_expired_idempotency_keys(app, user):
     from sqlalchemy import select
 
     from wallet_api.extensions import db
-    from wallet_api.wallets.models import IdempotencyRecord
+    from wallet_api.idempotency import IdempotencyRecord
     from worker.jobs import purge_idempotency_keys
 
     now = dt.datetime.now(dt.timezone.utc)

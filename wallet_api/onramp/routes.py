@@ -11,7 +11,7 @@ from wallet_api.errors import ApiError, BadRequest, Forbidden, Unauthorized
 from wallet_api.extensions import limiter
 from wallet_api.metrics import record_webhook
 from wallet_api.onramp import pipeline, service
-from wallet_api.onramp.ip_guard import IpAllowlist
+from wallet_api.client_address import IpAllowlist
 from wallet_api.onramp.schemas import (CreateSessionSchema, OnrampTransactionPageSchema, OnrampTransactionSchema,
                                        PageQuerySchema, SessionSchema, WebhookAckSchema)
 from wallet_api.onramp.signature import SignatureError, verify_webhook_signature

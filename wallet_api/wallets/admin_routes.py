@@ -9,7 +9,7 @@ from wallet_api.auth.tokens import admin_required
 from wallet_api.extensions import limiter
 from wallet_api.ratelimit import limit_for
 from wallet_api.wallets import ledger, service
-from wallet_api.wallets.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent, request_reference
+from wallet_api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent, request_reference
 from wallet_api.wallets.schemas import AdjustmentCreateSchema, AdjustmentSchema
 
 blp = Blueprint("admin_wallets", __name__, url_prefix="/admin/wallets",

@@ -20,8 +20,8 @@ import datetime as dt
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import (BigInteger, CheckConstraint, DateTime, ForeignKey, ForeignKeyConstraint, Identity,
-                        Index, Integer, String, Text, UniqueConstraint, Uuid, text)
+from sqlalchemy import (BigInteger, CheckConstraint, ForeignKey, ForeignKeyConstraint, Identity, Index, String,
+                        Text, UniqueConstraint, Uuid, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -102,25 +102,3 @@ class LedgerEntry(db.Model):
     created_at: Mapped[dt.datetime] = timestamp_column()
 
     transaction: Mapped[LedgerTransaction] = relationship(back_populates="entries")
-
-
-class IdempotencyRecord(db.Model):
-    """An API `Idempotency-Key` (Stripe's model): the request's fingerprint and its stored response."""
-
-    __tablename__ = "idempotency_keys"
-    __table_args__ = (
-        Index("uq_idempotency_keys_user_key", "user_id", "key", unique=True),
-        Index("ix_idempotency_keys_expires_at", "expires_at"),
-    )
-
-    id: Mapped[uuid.UUID] = uuid_pk()
-    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"))
-    key: Mapped[str] = mapped_column(String(255))
-    method: Mapped[str] = mapped_column(String(8))
-    path: Mapped[str] = mapped_column(Text)
-    fingerprint: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="in_flight")
-    response_code: Mapped[int | None] = mapped_column(Integer)
-    response_body: Mapped[dict | None] = mapped_column(JSONB)
-    created_at: Mapped[dt.datetime] = timestamp_column()
-    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))

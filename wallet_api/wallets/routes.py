@@ -9,7 +9,7 @@ from wallet_api.extensions import limiter
 from wallet_api.ratelimit import limit_for
 from wallet_api.wallets import service
 from wallet_api.wallets.admin_routes import blp as admin_blp
-from wallet_api.wallets.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent, request_reference
+from wallet_api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent, request_reference
 from wallet_api.wallets.schemas import (LedgerPageSchema, LedgerQuerySchema, TransferCreateSchema, TransferSchema,
                                         WalletCreateSchema, WalletSchema)
 

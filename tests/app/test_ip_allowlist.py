@@ -2,7 +2,7 @@
 
 import pytest
 
-from wallet_api.onramp.ip_guard import IpAllowlist, client_ip
+from wallet_api.client_address import IpAllowlist, client_ip
 
 
 def test_a_single_ip_admits_exactly_that_address():

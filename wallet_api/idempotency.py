@@ -45,12 +45,14 @@ from functools import wraps
 import structlog
 from flask import current_app, g, request
 from flask_jwt_extended import get_jwt_identity
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, Uuid, delete, func, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Mapped, mapped_column
 
+from wallet_api.db_types import timestamp_column, uuid_pk
 from wallet_api.errors import BadRequest, Conflict, Unprocessable
 from wallet_api.extensions import db
-from wallet_api.wallets.models import IdempotencyRecord
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +72,28 @@ IDEMPOTENCY_KEY_PARAMETER = {
                    "with the same body replays the first response (header Idempotent-Replayed: true); "
                    "with another body it is 422; while the first request runs it is 409.",
 }
+
+class IdempotencyRecord(db.Model):
+    """An API `Idempotency-Key` (Stripe's model): the request's fingerprint and its stored response."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        Index("uq_idempotency_keys_user_key", "user_id", "key", unique=True),
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="in_flight")
+    response_code: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[dict | None] = mapped_column(JSONB)
+    created_at: Mapped[dt.datetime] = timestamp_column()
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
 
 _table = IdempotencyRecord.__table__
 

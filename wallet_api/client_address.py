@@ -1,8 +1,12 @@
-"""Webhook source-IP allowlist and client-IP extraction behind trusted proxies.
+"""The client's address behind trusted proxies, and IP allowlists.
 
-MoonPay does not publish its webhook source addresses, so the allowlist is optional defence in
-depth; the signature is the real control. The client IP is taken at a configured proxy hop
-count, never from the left-most X-Forwarded-For entry, which any client can write.
+Every part of the app that cares who is calling (rate limits, the webhook allowlist, the admin
+access log) reads `request.remote_addr`, which `TrustedProxyClientAddress` sets once per request:
+the address written by our outermost trusted proxy (a configured hop count from the right of
+X-Forwarded-For), never the left-most entry, which any client can write.
+
+MoonPay does not publish its webhook source addresses, so the webhook allowlist is optional
+defence in depth; the signature is the real control.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-__all__ = ["IpAllowlist", "client_ip"]
+__all__ = ["IpAllowlist", "TrustedProxyClientAddress", "client_ip"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -143,3 +147,22 @@ def client_ip(
         # is misconfigured, and the spoofable headers must not win.
         return normalised(hops[-trusted_proxy_count])
     return normalised(x_real_ip) or normalised(remote_addr)
+
+
+class TrustedProxyClientAddress:
+    """WSGI middleware: set REMOTE_ADDR to the client as seen by our outermost trusted proxy
+    (X-Forwarded-For N hops from the right, else X-Real-IP); client-written entries left of that
+    hop are ignored."""
+
+    def __init__(self, wsgi_app, trusted_proxy_count: int):
+        self.wsgi_app = wsgi_app
+        self.trusted_proxy_count = trusted_proxy_count
+
+    def __call__(self, environ, start_response):
+        resolved = client_ip(remote_addr=environ.get("REMOTE_ADDR"),
+                             x_forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"),
+                             x_real_ip=environ.get("HTTP_X_REAL_IP"),
+                             trusted_proxy_count=self.trusted_proxy_count)
+        if resolved:  # a garbage trusted hop keeps the proxy's own address: never a spoofable one
+            environ["REMOTE_ADDR"] = resolved
+        return self.wsgi_app(environ, start_response)
