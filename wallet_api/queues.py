@@ -1,18 +1,33 @@
 """Redis and the RQ queues. PostgreSQL stays the source of truth: nothing here is the only copy.
 
-Jobs are enqueued only after the transaction that made their rows has committed (a job never
-sees a row that was rolled back), and take ids, never ORM objects.
+Jobs are put on a queue only once the transaction that made their rows has committed, so a job
+never sees a row that was rolled back: `enqueue_after_commit` registers the job on the current
+database session, and a session hook sends it after the COMMIT (and drops it on a rollback).
+Jobs take ids, never ORM objects, and must tolerate finding nothing to do (RQ may run a job
+twice, or never: a job lost with Redis is found again by the sweepers).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
 from flask import current_app
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from wallet_api.extensions import db
+
+log = structlog.get_logger(__name__)
 
 # Every queue the app enqueues to; the Procfile's worker consumes all of them, in this order.
 WEBHOOKS = "webhooks"
 DEFAULT = "default"
 QUEUE_NAMES = (WEBHOOKS, DEFAULT)
+_PENDING = "wallet_api.jobs_after_commit"
 
 
 def redis_connection() -> Redis:
@@ -28,3 +43,48 @@ def redis_connection() -> Redis:
 def get_queue(name: str = DEFAULT) -> Queue:
     settings = current_app.config["SETTINGS"]
     return Queue(name, connection=redis_connection(), default_timeout=settings.rq_job_timeout_seconds)
+
+
+@dataclass
+class PendingJob:
+    """A job waiting for its transaction to commit; `enqueued` says what happened after the commit."""
+
+    queue: str
+    func: str
+    args: tuple
+    options: dict[str, Any] = field(default_factory=dict)
+    enqueued: bool | None = None  # None: not committed yet (or rolled back)
+
+    def send(self) -> bool:
+        try:
+            get_queue(self.queue).enqueue(self.func, *self.args, **self.options)
+            self.enqueued = True
+        except RedisError as exc:
+            # The rows are committed; the job's sweeper finds them again. Never fail the caller.
+            self.enqueued = False
+            log.warning("enqueue_failed", func=self.func, queue=self.queue, error=type(exc).__name__)
+        return self.enqueued
+
+
+def enqueue_after_commit(queue: str, func: str, *args, **options) -> PendingJob:
+    """Put `func(*args)` on `queue` once the current transaction of `db.session` commits.
+
+    `options` are RQ's enqueue options (job_id, job_timeout, retry, result_ttl, ...). A rollback
+    drops the job. A savepoint rolled back inside a committed transaction does not, which is one
+    more reason why jobs must tolerate finding nothing to do.
+    """
+    pending = PendingJob(queue=queue, func=func, args=args, options=options)
+    db.session().info.setdefault(_PENDING, []).append(pending)
+    return pending
+
+
+@event.listens_for(Session, "after_commit")
+def _send_pending_jobs(session: Session) -> None:
+    for pending in session.info.pop(_PENDING, ()):
+        pending.send()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _drop_pending_jobs(session: Session, previous_transaction) -> None:
+    if previous_transaction.parent is None:  # the whole transaction, not a savepoint
+        session.info.pop(_PENDING, None)

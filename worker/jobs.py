@@ -20,7 +20,7 @@ def _bind_job() -> None:
 
 def process_webhook_event(event_id: str) -> str:
     """Apply one stored webhook event (exactly once, however often this runs)."""
-    from wallet_api.onramp.processing import process_event
+    from wallet_api.onramp.apply_job import process_event
 
     _bind_job()
     with job_app_context():
@@ -29,7 +29,7 @@ def process_webhook_event(event_id: str) -> str:
 
 def webhook_retry() -> dict:
     """Periodic: enqueue due webhook retries and re-enqueue stale pending events (the sweeper)."""
-    from wallet_api.onramp.pipeline import run_webhook_maintenance
+    from wallet_api.onramp.retry_job import run_webhook_maintenance
 
     _bind_job()
     with job_app_context():

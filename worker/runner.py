@@ -58,8 +58,8 @@ def _preload() -> None:
 
     from wallet_api.extensions import db
 
-    for module in ("worker.jobs", "wallet_api.onramp.pipeline", "wallet_api.onramp.processing",
-                   "wallet_api.wallets.ledger", "wallet_api.admin.service"):
+    for module in ("worker.jobs", "wallet_api.onramp.intake", "wallet_api.onramp.apply_job",
+                   "wallet_api.onramp.retry_job", "wallet_api.wallets.ledger"):
         importlib.import_module(module)
     configure_mappers()
     with db.engine.connect() as connection:

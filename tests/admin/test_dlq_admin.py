@@ -10,8 +10,8 @@ from sqlalchemy import text
 
 from tests.onramp.support import moonpay_event, post_webhook, utc
 from wallet_api.extensions import db
-from wallet_api.onramp.pipeline import job_id_for
-from wallet_api.onramp.processing import process_event
+from wallet_api.onramp.intake import job_id_for
+from wallet_api.onramp.apply_job import process_event
 from wallet_api.queues import WEBHOOKS
 
 T0 = utc(2026, 11, 28, 12, 0)

@@ -77,8 +77,7 @@ def test_one_unresolved_dlq_entry_per_event_and_resolutions_are_attributed(app_c
 def test_the_moonpay_api_factory_uses_the_configured_base_url_and_key(app_ctx):
     import httpx
 
-    from wallet_api.onramp.moonpay_client import MoonPayApi
-    from wallet_api.onramp.provider import moonpay_api
+    from wallet_api.onramp.moonpay_client import MoonPayApi, moonpay_api
 
     seen = {}
 
@@ -92,4 +91,3 @@ def test_the_moonpay_api_factory_uses_the_configured_base_url_and_key(app_ctx):
     api._client._transport = httpx.MockTransport(handler)
     assert api.get_transaction("tx_1") is None
     assert seen == {"url": "https://moonpay.stub.test/v1/transactions/tx_1", "auth": "Api-Key sk_test_moonpay_secret"}
-    assert isinstance(moonpay_api(), MoonPayApi)  # from the app's settings by default

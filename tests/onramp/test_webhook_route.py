@@ -13,7 +13,7 @@ from tests.conftest import TEST_WEBHOOK_SECRET
 from tests.onramp.support import (WEBHOOK_PATH, Num, deliver_concurrently, moonpay_event, post_webhook, signature_for,
                                   to_json)
 from wallet_api.metrics import WEBHOOK_EVENTS
-from wallet_api.onramp.pipeline import job_id_for
+from wallet_api.onramp.intake import job_id_for
 from wallet_api.queues import WEBHOOKS
 
 

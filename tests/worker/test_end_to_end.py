@@ -12,7 +12,7 @@ from tests.onramp.support import (ROOT, RowLock, backend_alive, children_of, del
                                   moonpay_event, post_webhook, start_worker_process, to_json, wait_for,
                                   worker_env)
 from wallet_api.db_types import utcnow
-from wallet_api.onramp.pipeline import run_webhook_maintenance
+from wallet_api.onramp.retry_job import run_webhook_maintenance
 from wallet_api.queues import DEFAULT, WEBHOOKS
 
 pytestmark = pytest.mark.slow

@@ -9,8 +9,9 @@ from rq import Queue
 from tests.onramp.support import moonpay_event, post_webhook, utc
 from wallet_api.extensions import db
 from wallet_api.metrics import WEBHOOK_EVENTS
-from wallet_api.onramp.pipeline import job_id_for, run_webhook_maintenance
-from wallet_api.onramp.processing import process_event
+from wallet_api.onramp.intake import job_id_for
+from wallet_api.onramp.retry_job import run_webhook_maintenance
+from wallet_api.onramp.apply_job import process_event
 from wallet_api.queues import WEBHOOKS
 
 T0 = utc(2026, 11, 28, 12, 0)
@@ -162,7 +163,7 @@ def test_replay_credits_once_even_when_another_delivery_already_did(clock_app, c
     """A completion dead-lettered while a second delivery of it succeeded: replaying must not pay twice."""
     from sqlalchemy import text
 
-    from wallet_api.admin.service import resolve_dlq
+    from wallet_api.onramp.dead_letters import resolve_dlq
 
     onramp_id, wallet_id = onramp(user)
     post_webhook(client, moonpay_event(onramp_id=onramp_id, user_id=user.id, updated_at="2026-11-28T10:00:00Z"))

@@ -1,6 +1,6 @@
 from marshmallow import Schema, fields, validate
 
-from wallet_api.admin.models import DlqResolution
+from wallet_api.onramp.models import DlqResolution
 from wallet_api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 

@@ -1,6 +1,7 @@
-"""On-ramp transactions (our side of a MoonPay purchase) and the webhook events that drive them.
+"""On-ramp transactions (our side of a MoonPay purchase), the webhook events that drive them, and
+the dead letter queue where events that failed every retry wait for a human.
 
-The webhook pipeline's design is described in `wallet_api/onramp/pipeline.py`.
+The webhook pipeline's design is described in `wallet_api/onramp/__init__.py`.
 """
 import datetime as dt
 import uuid
@@ -15,7 +16,7 @@ from wallet_api.extensions import db
 
 
 class OnrampStatus:
-    """Local on-ramp statuses; MoonPay's camelCase names map onto these (see MOONPAY_STATUS)."""
+    """Local on-ramp statuses; MoonPay's camelCase names map onto these (see moonpay.STATUS)."""
 
     PENDING = "pending"
     WAITING_PAYMENT = "waiting_payment"
@@ -29,13 +30,10 @@ class OnrampStatus:
     RANK = {PENDING: 1, WAITING_PAYMENT: 1, WAITING_AUTHORIZATION: 1, COMPLETED: 2, FAILED: 2}
 
 
-MOONPAY_STATUS = {
-    "waitingPayment": OnrampStatus.WAITING_PAYMENT,
-    "pending": OnrampStatus.PENDING,
-    "waitingAuthorization": OnrampStatus.WAITING_AUTHORIZATION,
-    "completed": OnrampStatus.COMPLETED,
-    "failed": OnrampStatus.FAILED,
-}
+class DlqResolution:
+    REPLAY = "replay"
+    DISCARD = "discard"
+    ALL = (REPLAY, DISCARD)
 
 
 class EventStatus:
@@ -131,3 +129,33 @@ class WebhookEvent(db.Model):
     last_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     processed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeadLetterQueue(db.Model):
+    """A webhook event that failed every retry, parked with its payload until an admin replays or discards it."""
+
+    __tablename__ = "dead_letter_queue"
+    __table_args__ = (
+        CheckConstraint("resolution IS NULL OR resolution IN ('replay', 'discard')", name="resolution_known"),
+        CheckConstraint("(resolved_at IS NULL) = (resolution IS NULL)", name="resolution_has_time"),
+        CheckConstraint("resolved_at IS NULL OR (resolved_by IS NOT NULL AND resolution_note IS NOT NULL)",
+                        name="resolution_is_attributed"),
+        # An event is parked at most once at a time; after a replay it may fail and be parked again.
+        Index("uq_dead_letter_queue_unresolved_event", "event_id", unique=True,
+              postgresql_where=text("resolved_at IS NULL")),
+        Index("ix_dead_letter_queue_created", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    provider: Mapped[str] = mapped_column(String(32))
+    external_id: Mapped[str] = mapped_column(String(255))
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("webhook_events.id", ondelete="RESTRICT"))
+    event_type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[str] = mapped_column(Text)
+    failure_reason: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = timestamp_column()
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    resolved_by: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("users.id", ondelete="RESTRICT"))
+    resolution: Mapped[str | None] = mapped_column(String(16))
+    resolution_note: Mapped[str | None] = mapped_column(Text)

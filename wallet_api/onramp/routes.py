@@ -1,3 +1,4 @@
+"""On-ramp sessions and transactions for users, and MoonPay's webhook (thin: parse, call, return)."""
 import time
 import uuid
 
@@ -10,8 +11,8 @@ from flask_smorest import Blueprint
 from wallet_api.errors import ApiError, BadRequest, Forbidden, Unauthorized
 from wallet_api.extensions import limiter
 from wallet_api.metrics import record_webhook
-from wallet_api.onramp import pipeline, service
 from wallet_api.client_address import IpAllowlist
+from wallet_api.onramp import intake, moonpay, service
 from wallet_api.onramp.schemas import (CreateSessionSchema, OnrampTransactionPageSchema, OnrampTransactionSchema,
                                        PageQuerySchema, SessionSchema, WebhookAckSchema)
 from wallet_api.onramp.signature import SignatureError, verify_webhook_signature
@@ -80,9 +81,9 @@ class PayloadTooLarge(ApiError):
 
 
 def _refuse(outcome: str, exc: ApiError, started: float, **details) -> ApiError:
-    record_webhook(provider=pipeline.PROVIDER, stage="receive", outcome=outcome,
+    record_webhook(provider=moonpay.PROVIDER, stage="receive", outcome=outcome,
                    duration_s=time.perf_counter() - started)
-    log.warning("webhook_refused", provider=pipeline.PROVIDER, outcome=outcome,
+    log.warning("webhook_refused", provider=moonpay.PROVIDER, outcome=outcome,
                 remote_addr=request.remote_addr, **details)
     return exc
 
@@ -140,17 +141,17 @@ class MoonPayWebhook(MethodView):
             raise _refuse(exc.reason, Unauthorized("Invalid webhook signature.", error="invalid_signature"),
                           started) from None
         try:
-            parsed = pipeline.parse_webhook_body(raw)
-        except pipeline.WebhookBodyError as exc:
+            parsed = intake.parse_webhook_body(raw)
+        except intake.WebhookBodyError as exc:
             raise _refuse("invalid_body", BadRequest("Malformed webhook body.", error="invalid_webhook",
                                                      errors={"json": exc.errors}),
                           started, errors=exc.errors) from None
 
-        result = pipeline.receive_moonpay_webhook(parsed=parsed)
+        result = intake.receive_moonpay_webhook(parsed=parsed)
         outcome = "duplicate" if result.duplicate else ("accepted" if result.enqueued else "accepted_not_enqueued")
-        record_webhook(provider=pipeline.PROVIDER, stage="receive", outcome=outcome,
+        record_webhook(provider=moonpay.PROVIDER, stage="receive", outcome=outcome,
                        duration_s=time.perf_counter() - started)
-        log.info("webhook_received", provider=pipeline.PROVIDER, outcome=outcome,
+        log.info("webhook_received", provider=moonpay.PROVIDER, outcome=outcome,
                  event_id=str(result.event_id) if result.event_id else None,
                  external_id=parsed.transaction.id, external_status=parsed.transaction.status,
                  event_type=parsed.event_type)

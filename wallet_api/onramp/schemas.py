@@ -1,43 +1,16 @@
 """Request and response shapes of on-ramp sessions and transactions, and the webhook acknowledgement."""
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, fields, validate
 
+from wallet_api.onramp.moonpay import BASE_CURRENCIES
 from wallet_api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from wallet_api.onramp.service import BASE_CURRENCIES
-from wallet_api.wallets.amounts import format_money
-from wallet_api.wallets.schemas import AmountField
-
-
-class BaseCurrencyField(fields.String):
-    """usd, eur or gbp in any case, normalised to upper case."""
-
-    def __init__(self, **kwargs):
-        super().__init__(metadata={"enum": [c.lower() for c in BASE_CURRENCIES], "example": "usd"}, **kwargs)
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        code = super()._deserialize(value, attr, data, **kwargs).strip().upper()
-        if code not in BASE_CURRENCIES:
-            raise ValidationError(f"Must be one of: {', '.join(c.lower() for c in BASE_CURRENCIES)}.")
-        return code
+from wallet_api.wallets.schemas import AmountField, CurrencyField, MoneyField
 
 
 class CreateSessionSchema(Schema):
     wallet_id = fields.UUID(required=True, metadata={"description": "One of your crypto wallets (BTC, ETH, SOL, USDC)"})
-    base_currency = BaseCurrencyField(required=True)
+    base_currency = CurrencyField(choices=BASE_CURRENCIES, required=True)
     base_amount = AmountField(required=True, metadata={"description": "Fiat amount to spend, at most 2 decimals",
                                                        "example": "100.00"})
-
-
-class _Money(fields.Field):
-    """Dump a Decimal at the precision of the currency named by `currency_attr` on the object."""
-
-    def __init__(self, currency_attr: str, **kwargs):
-        super().__init__(dump_only=True, **kwargs)
-        self.currency_attr = currency_attr
-
-    def _serialize(self, value, attr, obj, **kwargs):
-        if value is None:
-            return None
-        return format_money(value, getattr(obj, self.currency_attr))
 
 
 class OnrampTransactionSchema(Schema):
@@ -47,10 +20,10 @@ class OnrampTransactionSchema(Schema):
     wallet_id = fields.UUID(dump_only=True)
     currency = fields.String(dump_only=True)
     base_currency = fields.String(dump_only=True)
-    base_amount = _Money("base_currency")
+    base_amount = MoneyField("base_currency")
     moonpay_transaction_id = fields.String(dump_only=True, allow_none=True)
     crypto_transaction_id = fields.String(dump_only=True, allow_none=True)
-    quote_currency_amount = _Money("currency", metadata={"description": "The credited amount"})
+    quote_currency_amount = MoneyField(allow_none=True, metadata={"description": "The credited amount"})
     failure_reason = fields.String(dump_only=True, allow_none=True)
     ledger_transaction_id = fields.UUID(dump_only=True, allow_none=True)
     created_at = fields.DateTime(dump_only=True)
@@ -67,7 +40,7 @@ class SessionSchema(Schema):
     wallet_id = fields.UUID(dump_only=True, attribute="transaction.wallet_id")
     currency = fields.String(dump_only=True, attribute="transaction.currency")
     base_currency = fields.String(dump_only=True, attribute="transaction.base_currency")
-    base_amount = fields.Function(lambda s: format_money(s.transaction.base_amount, s.transaction.base_currency))
+    base_amount = MoneyField("transaction.base_currency", attribute="transaction.base_amount")
     created_at = fields.DateTime(dump_only=True, attribute="transaction.created_at")
 
 

@@ -12,23 +12,13 @@ from sqlalchemy import select
 from wallet_api.db_types import utcnow
 from wallet_api.errors import NotFound, field_error
 from wallet_api.extensions import db
+from wallet_api.onramp import moonpay
 from wallet_api.onramp.models import OnrampStatus, OnrampTransaction
 from wallet_api.pagination import Page, keyset_page
 from wallet_api.onramp.widget import build_widget_url
 from wallet_api.wallets import amounts
 from wallet_api.wallets import service as wallet_service
 from wallet_api.wallets.currencies import quantum
-
-# Our crypto currencies and MoonPay's code for each (USDC is the Ethereum ERC-20 token).
-MOONPAY_CURRENCY_CODES: dict[str, str] = {"BTC": "btc", "ETH": "eth", "SOL": "sol", "USDC": "usdc"}
-BASE_CURRENCIES = ("USD", "EUR", "GBP")
-_CURRENCY_BY_CODE = {code: currency for currency, code in MOONPAY_CURRENCY_CODES.items()}
-
-
-def currency_for_moonpay_code(code: str) -> str | None:
-    """Our currency for a MoonPay `currency.code` (None when we do not support it)."""
-    return _CURRENCY_BY_CODE.get(code.strip().lower())
-
 
 @dataclass(frozen=True)
 class Session:
@@ -41,14 +31,14 @@ def create_session(*, user_id: uuid.UUID, wallet_id: uuid.UUID, base_currency: s
     """Record a pending on-ramp purchase into one of the user's wallets and sign its widget URL."""
     settings = current_app.config["SETTINGS"]
     wallet = wallet_service.get_wallet(user_id=user_id, wallet_id=wallet_id)
-    moonpay_code = MOONPAY_CURRENCY_CODES.get(wallet.currency)
+    moonpay_code = moonpay.CURRENCY_CODES.get(wallet.currency)
     if moonpay_code is None:
         raise field_error("wallet_id", f"{wallet.currency} cannot be bought through MoonPay; "
-                                       f"use a {', '.join(MOONPAY_CURRENCY_CODES)} wallet.",
+                                       f"use a {', '.join(moonpay.CURRENCY_CODES)} wallet.",
                           error="unsupported_currency")
     base_currency = base_currency.upper()
-    if base_currency not in BASE_CURRENCIES:
-        raise field_error("base_currency", f"Must be one of: {', '.join(c.lower() for c in BASE_CURRENCIES)}.")
+    if base_currency not in moonpay.BASE_CURRENCIES:
+        raise field_error("base_currency", f"Must be one of: {', '.join(c.lower() for c in moonpay.BASE_CURRENCIES)}.")
     amounts.check_amount(base_amount, base_currency, field="base_amount")
     base_amount = base_amount.quantize(quantum(base_currency))  # exact: check_amount allowed no more decimals
     now = now or utcnow()

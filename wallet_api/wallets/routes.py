@@ -8,7 +8,6 @@ from flask_smorest import Blueprint
 from wallet_api.extensions import limiter
 from wallet_api.ratelimit import limit_for
 from wallet_api.wallets import service
-from wallet_api.wallets.admin_routes import blp as admin_blp
 from wallet_api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent, request_reference
 from wallet_api.wallets.schemas import (LedgerPageSchema, LedgerQuerySchema, TransferCreateSchema, TransferSchema,
                                         WalletCreateSchema, WalletSchema)
@@ -16,7 +15,7 @@ from wallet_api.wallets.schemas import (LedgerPageSchema, LedgerQuerySchema, Tra
 blp = Blueprint("wallets", __name__, description="Wallets (one per currency) and their ledger")
 transfers_blp = Blueprint("transfers", __name__, url_prefix="/transfers",
                           description="Transfers between wallets of one currency")
-blueprints = [blp, transfers_blp, admin_blp]
+blueprints = [blp, transfers_blp]
 
 SECURITY = [{"bearerAuth": []}]
 # Decorated limits are checked inside their wrapper: listed before jwt_required, they run after it,

@@ -6,11 +6,11 @@ Responses format amounts at the currency's precision through `MoneyField` (never
 exponent notation).
 """
 from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow.utils import get_value
 
 from wallet_api.wallets import amounts
 from wallet_api.wallets.currencies import MAX_AMOUNT, SUPPORTED
 
-SUPPORTED_LIST = ", ".join(SUPPORTED)
 MAX_REFERENCE_LENGTH = 255
 MAX_REASON_LENGTH = 500
 MAX_PAGE_SIZE = 100
@@ -34,28 +34,32 @@ class AmountField(fields.Field):
 
 
 class MoneyField(fields.Field):
-    """Dump a Decimal attribute as a string at the precision of the object's `currency`."""
+    """Dump a Decimal as a string at the precision of the currency named by `currency_attr`
+    (a dotted path on the dumped object; default `currency`)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, currency_attr: str = "currency", **kwargs):
         metadata = {"type": "string", "example": "10.50", **kwargs.pop("metadata", {})}
         super().__init__(dump_only=True, metadata=metadata, **kwargs)
+        self.currency_attr = currency_attr
 
     def _serialize(self, value, attr, obj, **kwargs):
-        currency = obj["currency"] if isinstance(obj, dict) else obj.currency
-        return amounts.format_money(value, currency)
+        return amounts.format_money(value, get_value(obj, self.currency_attr))
 
 
 class CurrencyField(fields.String):
-    """A supported currency code; lower case is accepted and normalised."""
+    """A currency code among `choices` (default: every supported currency), in any case, normalised
+    to upper case."""
 
-    def __init__(self, **kwargs):
-        metadata = {"enum": list(SUPPORTED), "example": "USD", **kwargs.pop("metadata", {})}
+    def __init__(self, choices: tuple[str, ...] = SUPPORTED, **kwargs):
+        metadata = {"enum": list(choices), "example": choices[0],
+                    "description": "Currency code (case-insensitive).", **kwargs.pop("metadata", {})}
         super().__init__(metadata=metadata, **kwargs)
+        self.choices = choices
 
     def _deserialize(self, value, attr, data, **kwargs):
         code = super()._deserialize(value, attr, data, **kwargs).strip().upper()
-        if code not in SUPPORTED:
-            raise ValidationError(f"Unsupported currency; supported currencies: {SUPPORTED_LIST}.")
+        if code not in self.choices:
+            raise ValidationError(f"Unsupported currency; use one of: {', '.join(self.choices)}.")
         return code
 
 

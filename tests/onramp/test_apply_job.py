@@ -7,7 +7,7 @@ import pytest
 
 from tests.onramp.support import Num, moonpay_event, post_webhook, utc
 from wallet_api.extensions import db
-from wallet_api.onramp.processing import process_event
+from wallet_api.onramp.apply_job import process_event
 
 NOW = utc(2026, 11, 28, 12, 0)
 
@@ -165,7 +165,7 @@ def test_more_decimals_than_the_currency_allows_is_refused_not_rounded(user, onr
     (dict(currency="btc"), "currency mismatch"),
     (dict(currency="doge"), "currency mismatch"),
     (dict(amount=None), "quoteCurrencyAmount is missing"),
-    (dict(amount="0"), "must be positive"),
+    (dict(amount="0"), "greater than zero"),
 ])
 def test_a_completion_that_does_not_match_the_purchase_is_a_failure(purchase, deliver, process, books, change, error):
     event_id = deliver(event_for(purchase, **change))
@@ -223,14 +223,14 @@ def test_the_failure_reason_is_recorded_with_the_attempt(purchase, deliver, proc
 def test_an_interrupted_run_rolls_back_and_consumes_no_attempt(purchase, deliver, process, books, monkeypatch):
     from rq.timeouts import JobTimeoutException
 
-    from wallet_api.onramp import processing
+    from wallet_api.onramp import apply_job
 
     event_id = deliver(event_for(purchase))
 
     def interrupted(**kwargs):
         raise JobTimeoutException("job exceeded its timeout")
 
-    monkeypatch.setattr(processing, "_apply", interrupted)
+    monkeypatch.setattr(apply_job, "_apply", interrupted)
     with pytest.raises(JobTimeoutException):
         process(event_id)
     event = books.event(event_id)
@@ -238,9 +238,9 @@ def test_an_interrupted_run_rolls_back_and_consumes_no_attempt(purchase, deliver
 
 
 def test_an_unexpected_bug_is_recorded_so_it_ends_with_a_human(purchase, deliver, process, books, monkeypatch):
-    from wallet_api.onramp import processing
+    from wallet_api.onramp import apply_job
 
     event_id = deliver(event_for(purchase))
-    monkeypatch.setattr(processing, "_apply", lambda **kwargs: {}["missing"])
+    monkeypatch.setattr(apply_job, "_apply", lambda **kwargs: {}["missing"])
     assert process(event_id) == "retry_scheduled"
     assert books.event(event_id)["last_error"] == "unexpected error: KeyError: 'missing'"

@@ -1,6 +1,6 @@
-"""Apply one stored MoonPay webhook event to its on-ramp transaction, exactly once.
+"""Runs in a worker: apply one stored MoonPay webhook event to its on-ramp transaction, exactly once.
 
-See the design overview in `wallet_api/onramp/pipeline.py`. In short: one database
+See the pipeline's design overview in `wallet_api/onramp/__init__.py`. In short: one database
 transaction locks the event row, then the on-ramp transaction row, applies the forward-only
 status change (crediting through `ledger.credit` for `completed`), and marks the event
 processed; a failure rolls back to a savepoint and is recorded on the event instead.
@@ -8,9 +8,8 @@ processed; a failure rolls back to a savepoint and is recorded on the event inst
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import uuid
-from decimal import Decimal
+from decimal import DecimalException
 
 import structlog
 from flask import current_app
@@ -19,23 +18,24 @@ from rq.timeouts import BaseTimeoutException
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from wallet_api.admin import service as admin_service
+from wallet_api.alerts.models import AlertType, Severity
+from wallet_api.alerts.service import raise_alert
 from wallet_api.db_types import utcnow
 from wallet_api.errors import ApiError
 from wallet_api.extensions import db
 from wallet_api.metrics import record_webhook, timed
-from wallet_api.onramp.models import MOONPAY_STATUS, EventStatus, OnrampStatus, OnrampTransaction, WebhookEvent
-from wallet_api.onramp.moonpay_client import MoonPayTransaction
-from wallet_api.onramp.pipeline import PROVIDER, RETRY_BACKOFF, load_payload
-from wallet_api.onramp.service import currency_for_moonpay_code
-from wallet_api.wallets.currencies import MAX_AMOUNT, PRECISION, quantum
-from wallet_api.wallets.models import SystemAccount, Wallet
+from wallet_api.onramp import moonpay
+from wallet_api.onramp.dead_letters import dead_letter
+from wallet_api.onramp.models import EventStatus, OnrampStatus, OnrampTransaction, WebhookEvent
+from wallet_api.onramp.moonpay import PROVIDER, MoonPayTransaction
+from wallet_api.wallets import amounts, ledger
+from wallet_api.wallets.models import SystemAccount
 
 log = structlog.get_logger(__name__)
 
 MAX_ERROR_LENGTH = 2000
-# Amounts are checked in a context wide enough that no quantize can round or overflow.
-_EXACT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
+# Delay before retry n (1-based); retries beyond the list reuse the last delay.
+RETRY_BACKOFF = tuple(dt.timedelta(minutes=m) for m in (1, 5, 15, 30, 60))
 
 
 # The job was stopped (warm shutdown, job timeout), not refused: these must not consume an attempt.
@@ -116,11 +116,9 @@ def _record_failure(*, event: WebhookEvent, reason: str, now: dt.datetime, setti
         event.status = EventStatus.DEAD_LETTERED
         event.next_attempt_at = None
         event.outcome = "dead_lettered"
-        admin_service.dead_letter(provider=event.provider, external_id=event.external_id, event_id=event.id,
-                                  event_type=event.event_type, payload=event.payload,
-                                  failure_reason=reason, attempts=event.attempts)
-        admin_service.raise_alert(
-            alert_type="WEBHOOK_FAILURE", severity="high",
+        dead_letter(event=event, failure_reason=reason)
+        raise_alert(
+            alert_type=AlertType.WEBHOOK_FAILURE, severity=Severity.HIGH,
             title=f"{event.provider} webhook failed {event.attempts} times",
             message=f"Event {event.id} ({event.event_type}, {event.external_status}) for "
                     f"{event.provider} transaction {event.external_id} was moved to the dead letter "
@@ -139,9 +137,9 @@ def _record_failure(*, event: WebhookEvent, reason: str, now: dt.datetime, setti
 
 
 def _apply(*, event: WebhookEvent, now: dt.datetime) -> str:
-    payload = load_payload(event.payload)
+    payload = moonpay.load_payload(event.payload)
     tx = MoonPayTransaction.from_payload(payload["data"])
-    new_status = MOONPAY_STATUS.get(tx.status)
+    new_status = moonpay.STATUS.get(tx.status)
     if new_status is None:
         raise ProcessingError(f"unknown MoonPay status {tx.status!r}")
     onramp = _locked_onramp(tx)
@@ -151,7 +149,7 @@ def _apply(*, event: WebhookEvent, now: dt.datetime) -> str:
         raise ProcessingError(
             f"on-ramp transaction {onramp.id} is already bound to MoonPay transaction "
             f"{onramp.moonpay_transaction_id}; refusing a second one ({tx.id})")
-    if tx.currency_code is not None and currency_for_moonpay_code(tx.currency_code) != onramp.currency:
+    if tx.currency_code is not None and moonpay.currency_for_code(tx.currency_code) != onramp.currency:
         raise ProcessingError(
             f"currency mismatch: MoonPay says {tx.currency_code!r}, the on-ramp wallet holds {onramp.currency}")
 
@@ -202,24 +200,30 @@ def _locked_onramp(tx: MoonPayTransaction) -> OnrampTransaction:
 
 def _complete(*, event: WebhookEvent, onramp: OnrampTransaction, tx: MoonPayTransaction, now: dt.datetime,
               provider_updated_at: dt.datetime | None) -> str:
-    from wallet_api.wallets import ledger
-
-    wallet = db.session.get(Wallet, onramp.wallet_id)
-    if wallet is None or wallet.is_system:
-        raise ProcessingError(f"wallet {onramp.wallet_id} not found")
-    if wallet.currency != onramp.currency:
-        raise ProcessingError(f"currency mismatch: wallet {wallet.id} holds {wallet.currency}, "
+    if tx.quote_currency_amount is None:
+        raise ProcessingError("data.quoteCurrencyAmount is missing on a completed transaction")
+    try:
+        # MoonPay's JSON numbers may carry insignificant trailing zeros; the value is never rounded.
+        amount = tx.quote_currency_amount.normalize(amounts.MONEY_CONTEXT)
+        result = ledger.credit(
+            wallet_id=onramp.wallet_id, amount=amount,
+            idempotency_key=f"webhook:moonpay:{tx.id}:{onramp.wallet_id}:credit",
+            kind="onramp_credit", counter_account=SystemAccount.MOONPAY_CLEARING,
+            reference=f"moonpay:{tx.id}",
+            metadata={"moonpay_transaction_id": tx.id, "crypto_transaction_id": tx.crypto_transaction_id,
+                      "onramp_transaction_id": str(onramp.id), "event_id": str(event.id)},
+            commit=False,
+        )
+    except DecimalException:
+        raise ProcessingError(f"data.quoteCurrencyAmount {tx.quote_currency_amount} is out of range") from None
+    except ApiError as exc:
+        if exc.error == "invalid_precision":
+            raise ProcessingError(f"data.quoteCurrencyAmount {tx.quote_currency_amount}: {exc.message} "
+                                  "(refusing to round)") from None
+        raise ProcessingError(f"data.quoteCurrencyAmount {tx.quote_currency_amount}: {exc.message}") from None
+    if result.currency != onramp.currency:
+        raise ProcessingError(f"currency mismatch: wallet {onramp.wallet_id} holds {result.currency}, "
                               f"the on-ramp transaction is in {onramp.currency}")
-    amount = exact_amount(tx.quote_currency_amount, wallet.currency)
-    result = ledger.credit(
-        wallet_id=wallet.id, amount=amount,
-        idempotency_key=f"webhook:moonpay:{tx.id}:{wallet.id}:credit",
-        kind="onramp_credit", counter_account=SystemAccount.MOONPAY_CLEARING,
-        reference=f"moonpay:{tx.id}",
-        metadata={"moonpay_transaction_id": tx.id, "crypto_transaction_id": tx.crypto_transaction_id,
-                  "onramp_transaction_id": str(onramp.id), "event_id": str(event.id)},
-        commit=False,
-    )
     onramp.status = OnrampStatus.COMPLETED
     onramp.moonpay_transaction_id = tx.id
     onramp.crypto_transaction_id = tx.crypto_transaction_id or onramp.crypto_transaction_id
@@ -229,22 +233,6 @@ def _complete(*, event: WebhookEvent, onramp: OnrampTransaction, tx: MoonPayTran
     onramp.updated_at = now
     onramp.provider_updated_at = provider_updated_at or onramp.provider_updated_at
     return "credit_replayed" if result.replayed else "credited"
-
-
-def exact_amount(amount: Decimal | None, currency: str) -> Decimal:
-    """The amount at the currency's precision, only when that loses nothing: money is never rounded."""
-    if amount is None:
-        raise ProcessingError("data.quoteCurrencyAmount is missing on a completed transaction")
-    if amount <= 0:
-        raise ProcessingError(f"data.quoteCurrencyAmount must be positive, got {amount}")
-    if amount > MAX_AMOUNT:
-        raise ProcessingError(f"data.quoteCurrencyAmount {amount} is out of range")
-    try:
-        return amount.quantize(quantum(currency), context=_EXACT)
-    except decimal.DecimalException:
-        raise ProcessingError(
-            f"data.quoteCurrencyAmount {amount} has more decimals than {currency} allows "
-            f"({PRECISION[currency]}); refusing to round") from None
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:

@@ -1,0 +1,1 @@
+"""Alerts: what the system hands to a human. Raised by jobs and workers, resolved by an admin."""
