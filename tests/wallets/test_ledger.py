@@ -103,7 +103,7 @@ def test_transfer_refuses_same_wallet_other_currency_missing_wallets_and_system_
     with pytest.raises(CurrencyMismatch):
         ledger.transfer(from_wallet_id=usd, to_wallet_id=eur, amount=Decimal("1"), idempotency_key=key(usd, "debit"))
     missing = uuid.uuid4()
-    with pytest.raises(WalletNotFound, match="destination"):
+    with pytest.raises(WalletNotFound, match="Destination wallet"):
         ledger.transfer(from_wallet_id=usd, to_wallet_id=missing, amount=Decimal("1"),
                         idempotency_key=key(usd, "debit"))
     system = ledger.system_wallet_id(account=CLEARING, currency="USD")
@@ -112,6 +112,18 @@ def test_transfer_refuses_same_wallet_other_currency_missing_wallets_and_system_
                         idempotency_key=key(system, "debit"))
     with pytest.raises(WalletNotFound):
         ledger.credit(wallet_id=system, amount=Decimal("1"), idempotency_key=key(system), kind="deposit")
+
+
+def test_a_transfer_from_someone_elses_wallet_is_as_if_the_wallet_did_not_exist(
+        app_ctx, funded_wallet, make_wallet, make_user, books):
+    owner, stranger = make_user(), make_user()
+    source, destination = funded_wallet("5.00", user=owner), make_wallet()
+    with pytest.raises(WalletNotFound, match="Source wallet"):
+        ledger.transfer(from_wallet_id=source, to_wallet_id=destination, amount=Decimal("1"),
+                        idempotency_key=key(source, "debit"), source_owner_id=stranger.id)
+    moved = ledger.transfer(from_wallet_id=source, to_wallet_id=destination, amount=Decimal("1"),
+                            idempotency_key=key(source, "debit"), source_owner_id=owner.id)
+    assert not moved.replayed and books.balance(source) == Decimal("4.00")
 
 
 @pytest.mark.parametrize("currency,amount", [("USD", "0.001"), ("BTC", "0.000000001"), ("USDC", "1.0000001"),

@@ -1,13 +1,11 @@
 from marshmallow import Schema, fields, validate
 
 from wallet_api.onramp.models import DlqResolution
-from wallet_api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from wallet_api.pagination import PageQuerySchema, page_schema
 
 
-class DlqQuerySchema(Schema):
+class DlqQuerySchema(PageQuerySchema):
     status = fields.String(load_default="unresolved", validate=validate.OneOf(["unresolved", "resolved"]))
-    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1, max=MAX_LIMIT))
-    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
 
 
 class DlqEntrySchema(Schema):
@@ -28,9 +26,7 @@ class DlqEntrySchema(Schema):
     resolution_note = fields.String(dump_only=True, allow_none=True)
 
 
-class DlqPageSchema(Schema):
-    items = fields.List(fields.Nested(DlqEntrySchema))
-    next_cursor = fields.String(allow_none=True)
+DlqPageSchema = page_schema(DlqEntrySchema, "DlqPage")
 
 
 class DlqResolveSchema(Schema):

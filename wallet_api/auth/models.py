@@ -27,11 +27,6 @@ class User(db.Model):
     role: Mapped[str] = mapped_column(String(16), default=Role.USER.value)
     created_at: Mapped[dt.datetime] = timestamp_column()
 
-    @property
-    def is_admin(self) -> bool:
-        return self.role == Role.ADMIN.value
-
-
 class RefreshToken(db.Model):
     """One issued refresh token. Only an HMAC of the token is stored; a family is one login's chain."""
 

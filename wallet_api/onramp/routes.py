@@ -14,8 +14,9 @@ from wallet_api.metrics import record_webhook
 from wallet_api.client_address import IpAllowlist
 from wallet_api.onramp import intake, moonpay, service
 from wallet_api.onramp.schemas import (CreateSessionSchema, OnrampTransactionPageSchema, OnrampTransactionSchema,
-                                       PageQuerySchema, SessionSchema, WebhookAckSchema)
+                                       SessionSchema, WebhookAckSchema)
 from wallet_api.onramp.signature import SignatureError, verify_webhook_signature
+from wallet_api.pagination import PageQuerySchema
 from wallet_api.ratelimit import limit_for
 
 log = structlog.get_logger(__name__)

@@ -1,8 +1,8 @@
 """Request and response shapes of on-ramp sessions and transactions, and the webhook acknowledgement."""
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields
 
 from wallet_api.onramp.moonpay import BASE_CURRENCIES
-from wallet_api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from wallet_api.pagination import page_schema
 from wallet_api.wallets.schemas import AmountField, CurrencyField, MoneyField
 
 
@@ -44,14 +44,7 @@ class SessionSchema(Schema):
     created_at = fields.DateTime(dump_only=True, attribute="transaction.created_at")
 
 
-class PageQuerySchema(Schema):
-    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1, max=MAX_LIMIT))
-    cursor = fields.String(load_default=None, validate=validate.Length(max=200))
-
-
-class OnrampTransactionPageSchema(Schema):
-    items = fields.List(fields.Nested(OnrampTransactionSchema))
-    next_cursor = fields.String(allow_none=True)
+OnrampTransactionPageSchema = page_schema(OnrampTransactionSchema, "OnrampTransactionPage")
 
 
 class WebhookAckSchema(Schema):

@@ -76,7 +76,3 @@ def format_money(amount: Decimal | None, currency: str) -> str | None:
     with localcontext(MONEY_CONTEXT) as ctx:
         ctx.traps[Inexact] = ctx.traps[Rounded] = False  # quantize pads; a stored value never needs rounding
         return currencies.format_amount(amount, currency)
-
-
-def is_supported(currency: str) -> bool:
-    return currency in currencies.PRECISION

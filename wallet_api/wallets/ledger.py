@@ -176,12 +176,17 @@ def debit(*, wallet_id: uuid.UUID, amount: Decimal, idempotency_key: str, kind: 
 
 
 def transfer(*, from_wallet_id: uuid.UUID, to_wallet_id: uuid.UUID, amount: Decimal, idempotency_key: str,
-             reference: str | None = None, metadata: dict | None = None,
-             initiated_by: uuid.UUID | None = None, commit: bool = True) -> LedgerResult:
-    """Move `amount` between two user wallets of one currency; the key is the debit entry's key."""
+             reference: str | None = None, metadata: dict | None = None, initiated_by: uuid.UUID | None = None,
+             source_owner_id: uuid.UUID | None = None, commit: bool = True) -> LedgerResult:
+    """Move `amount` between two user wallets of one currency; the key is the debit entry's key.
+
+    With `source_owner_id`, a source wallet of anyone else is reported as not found (checked
+    under the lock, in the same round trip, so callers need no lookup of their own).
+    """
     return _post(_Movement(operation="transfer", amount=amount, idempotency_key=idempotency_key,
                            kind="transfer", debit_wallet_id=from_wallet_id, credit_wallet_id=to_wallet_id,
-                           reference=reference, metadata=metadata, initiated_by=initiated_by),
+                           reference=reference, metadata=metadata, initiated_by=initiated_by,
+                           source_owner_id=source_owner_id),
                  commit=commit)
 
 
@@ -220,6 +225,7 @@ class _Movement:
     reference: str | None = None
     metadata: dict | None = None
     initiated_by: uuid.UUID | None = None
+    source_owner_id: uuid.UUID | None = None
 
     @property
     def primary(self) -> tuple[uuid.UUID, str]:
@@ -296,7 +302,7 @@ _LOCK_AND_LOOK_UP = """
     SELECT set_config('lock_timeout', %(lock_timeout)s, true);
     SELECT 1 FROM wallets WHERE id = ANY(CAST(%(ids)s AS uuid[])) AND user_id IS NOT NULL
     ORDER BY id FOR UPDATE;
-    SELECT w.id, w.currency, w.balance,
+    SELECT w.id, w.user_id, w.currency, w.balance,
            (SELECT t.id FROM ledger_transactions t WHERE t.idempotency_key = %(key)s) AS existing,
            (SELECT s.id FROM wallets s
             WHERE s.system_account = %(account)s AND s.currency = w.currency) AS system_id
@@ -387,9 +393,12 @@ def _apply(session: Session, move: _Movement) -> LedgerResult:
         "lock_timeout": f"{timeout_ms}ms", "ids": move.user_wallet_ids, "key": move.idempotency_key,
         "account": move.counter_account or ""}).all()
     wallets = {row.id: row for row in rows}
+    if move.source_owner_id is not None and move.debit_wallet_id in wallets \
+            and wallets[move.debit_wallet_id].user_id != move.source_owner_id:
+        del wallets[move.debit_wallet_id]  # another user's wallet: as if it did not exist
     for wallet_id, what in ((move.debit_wallet_id, "source"), (move.credit_wallet_id, "destination")):
         if wallet_id is not None and wallet_id not in wallets:
-            label = "Wallet" if move.operation != "transfer" else f"The {what} wallet"
+            label = "Wallet" if move.operation != "transfer" else f"{what.capitalize()} wallet"
             raise WalletNotFound(f"{label} {wallet_id} was not found.")
 
     currencies = {w.currency for w in wallets.values()}

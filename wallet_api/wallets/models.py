@@ -57,11 +57,6 @@ class Wallet(db.Model):
     created_at: Mapped[dt.datetime] = timestamp_column()
     updated_at: Mapped[dt.datetime] = timestamp_column()
 
-    @property
-    def is_system(self) -> bool:
-        return self.system_account is not None
-
-
 class LedgerTransaction(db.Model):
     __tablename__ = "ledger_transactions"
 

@@ -6,10 +6,11 @@ from flask_jwt_extended import get_jwt_identity, jwt_required
 from flask_smorest import Blueprint
 
 from wallet_api.extensions import limiter
+from wallet_api.pagination import PageQuerySchema
 from wallet_api.ratelimit import limit_for
 from wallet_api.wallets import service
 from wallet_api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent, request_reference
-from wallet_api.wallets.schemas import (LedgerPageSchema, LedgerQuerySchema, TransferCreateSchema, TransferSchema,
+from wallet_api.wallets.schemas import (LedgerPageSchema, TransferCreateSchema, TransferSchema,
                                         WalletCreateSchema, WalletSchema)
 
 blp = Blueprint("wallets", __name__, description="Wallets (one per currency) and their ledger")
@@ -64,7 +65,7 @@ class WalletById(MethodView):
 class WalletLedger(MethodView):
     decorators = [read_limit, jwt_required()]
 
-    @blp.arguments(LedgerQuerySchema, location="query")
+    @blp.arguments(PageQuerySchema, location="query")
     @blp.response(200, LedgerPageSchema)
     @blp.alt_response(404, description="No such wallet of the caller")
     @blp.doc(security=SECURITY)

@@ -8,13 +8,12 @@ exponent notation).
 from marshmallow import Schema, ValidationError, fields, validate
 from marshmallow.utils import get_value
 
+from wallet_api.pagination import page_schema
 from wallet_api.wallets import amounts
 from wallet_api.wallets.currencies import MAX_AMOUNT, SUPPORTED
 
 MAX_REFERENCE_LENGTH = 255
 MAX_REASON_LENGTH = 500
-MAX_PAGE_SIZE = 100
-DEFAULT_PAGE_SIZE = 20
 
 
 class AmountField(fields.Field):
@@ -75,14 +74,6 @@ class WalletSchema(Schema):
     updated_at = fields.DateTime(dump_only=True)
 
 
-class LedgerQuerySchema(Schema):
-    limit = fields.Integer(load_default=DEFAULT_PAGE_SIZE,
-                           validate=validate.Range(min=1, max=MAX_PAGE_SIZE,
-                                                   error=f"limit must be between 1 and {MAX_PAGE_SIZE}."))
-    cursor = fields.String(load_default=None, validate=validate.Length(min=1, max=200),
-                           metadata={"description": "next_cursor of the previous page (opaque)."})
-
-
 class LedgerEntrySchema(Schema):
     id = fields.Integer(dump_only=True)
     transaction_id = fields.UUID(dump_only=True)
@@ -94,11 +85,7 @@ class LedgerEntrySchema(Schema):
     currency = fields.String(dump_only=True)
 
 
-class LedgerPageSchema(Schema):
-    items = fields.List(fields.Nested(LedgerEntrySchema), dump_only=True)
-    next_cursor = fields.String(dump_only=True, allow_none=True,
-                                metadata={"description": "Pass as `cursor` for the next (older) page; "
-                                                         "null on the last page."})
+LedgerPageSchema = page_schema(LedgerEntrySchema, "LedgerPage")
 
 
 class TransferCreateSchema(Schema):

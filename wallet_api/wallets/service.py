@@ -8,8 +8,6 @@ the client sent one (see idempotency.request_reference) and a fresh one otherwis
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import uuid
 from dataclasses import dataclass
@@ -18,21 +16,15 @@ from decimal import Decimal
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from wallet_api.errors import Conflict, NotFound, Unprocessable, field_error
+from wallet_api.errors import Conflict, NotFound
 from wallet_api.extensions import db
-from wallet_api.wallets import amounts, ledger
-from wallet_api.wallets.ledger import CurrencyMismatch, WalletNotFound
+from wallet_api.pagination import Page, decode_cursor, encode_cursor, positive_bigint
+from wallet_api.wallets import ledger
+from wallet_api.wallets.ledger import WalletNotFound
 from wallet_api.wallets.models import SystemAccount, Wallet
 
 TRANSFER_KIND = "transfer"
 ADMIN_KINDS = {ledger.CREDIT: "admin_credit", ledger.DEBIT: "admin_debit"}
-CURSOR_PREFIX = "v1:"
-
-
-@dataclass(frozen=True)
-class LedgerPage:
-    items: list[dict]
-    next_cursor: str | None
 
 
 @dataclass(frozen=True)
@@ -88,10 +80,10 @@ def get_wallet(*, user_id: uuid.UUID, wallet_id: uuid.UUID) -> Wallet:
     return wallet
 
 
-def ledger_page(*, user_id: uuid.UUID, wallet_id: uuid.UUID, limit: int, cursor: str | None) -> LedgerPage:
+def ledger_page(*, user_id: uuid.UUID, wallet_id: uuid.UUID, limit: int, cursor: str | None) -> Page:
     """Entries of the user's wallet, newest first, `limit` per page after `cursor`."""
     get_wallet(user_id=user_id, wallet_id=wallet_id)
-    before = decode_cursor(cursor) if cursor is not None else None
+    (before,) = decode_cursor(cursor, positive_bigint) if cursor is not None else (None,)
     rows = db.session.execute(text("""
         SELECT e.id, e.transaction_id, e.amount, e.balance_after, e.currency, e.created_at,
                t.kind, t.reference
@@ -101,46 +93,17 @@ def ledger_page(*, user_id: uuid.UUID, wallet_id: uuid.UUID, limit: int, cursor:
         LIMIT :fetch"""), {"wallet_id": wallet_id, "before": before, "fetch": limit + 1}).mappings().all()
     items = [dict(row) for row in rows[:limit]]
     next_cursor = encode_cursor(items[-1]["id"]) if len(rows) > limit else None
-    return LedgerPage(items=items, next_cursor=next_cursor)
-
-
-def encode_cursor(entry_id: int) -> str:
-    return base64.urlsafe_b64encode(f"{CURSOR_PREFIX}{entry_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    """The entry id inside a cursor from `encode_cursor`; 422 for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        if not raw.startswith(CURSOR_PREFIX):
-            raise ValueError(raw)
-        entry_id = int(raw[len(CURSOR_PREFIX):])
-        if entry_id <= 0 or entry_id >= 2**63:
-            raise ValueError(raw)
-        return entry_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        message = "Invalid cursor: pass the next_cursor value of a previous page unchanged."
-        raise Unprocessable(message, error="invalid_cursor", errors={"query": {"cursor": [message]}}) from None
+    return Page(items=items, next_cursor=next_cursor)
 
 
 def create_transfer(*, user_id: uuid.UUID, from_wallet_id: uuid.UUID, to_wallet_id: uuid.UUID,
                     amount: Decimal, reference: str | None = None, request_ref: str | None = None) -> TransferView:
-    """Move money from the user's wallet to any user wallet of the same currency."""
-    source = db.session.scalar(select(Wallet).where(Wallet.id == from_wallet_id, Wallet.user_id == user_id))
-    if source is None:
-        raise WalletNotFound(f"Source wallet {from_wallet_id} was not found.")
-    destination = db.session.scalar(select(Wallet).where(Wallet.id == to_wallet_id, Wallet.user_id.is_not(None)))
-    if destination is None:
-        raise WalletNotFound(f"Destination wallet {to_wallet_id} was not found.")
-    if source.id == destination.id:
-        raise field_error("to_wallet_id", "Cannot transfer to the same wallet.", error="same_wallet")
-    if source.currency != destination.currency:
-        raise CurrencyMismatch(f"Cannot transfer {source.currency} to a {destination.currency} wallet.")
-    amounts.check_amount(amount, source.currency)
+    """Move money from the user's wallet to any user wallet of the same currency (the ledger checks
+    ownership, currency, precision and funds under its locks)."""
     result = ledger.transfer(
-        from_wallet_id=source.id, to_wallet_id=destination.id, amount=amount,
+        from_wallet_id=from_wallet_id, to_wallet_id=to_wallet_id, amount=amount, source_owner_id=user_id,
         idempotency_key=ledger.entry_key(source="transfer", reference=request_ref or _fresh_reference(),
-                                         wallet_id=source.id, action=ledger.DEBIT),
+                                         wallet_id=from_wallet_id, action=ledger.DEBIT),
         reference=reference, metadata={"channel": "api"}, initiated_by=user_id)
     return _transfer_view(result)
 
@@ -160,20 +123,16 @@ def get_transfer(*, user_id: uuid.UUID, transfer_id: uuid.UUID) -> TransferView:
 def adjust_balance(*, admin_id: uuid.UUID, wallet_id: uuid.UUID, action: str, amount: Decimal, reason: str,
                    request_ref: str | None = None) -> AdjustmentView:
     """Admin credit or debit of a user wallet, balanced against the platform adjustments wallet."""
-    wallet = db.session.scalar(select(Wallet).where(Wallet.id == wallet_id, Wallet.user_id.is_not(None)))
-    if wallet is None:
-        raise WalletNotFound("Wallet not found.")
-    amounts.check_amount(amount, wallet.currency)
     move = ledger.credit if action == ledger.CREDIT else ledger.debit
     result = move(
-        wallet_id=wallet.id, amount=amount, kind=ADMIN_KINDS[action],
+        wallet_id=wallet_id, amount=amount, kind=ADMIN_KINDS[action],
         idempotency_key=ledger.entry_key(source="admin", reference=request_ref or _fresh_reference(),
-                                         wallet_id=wallet.id, action=action),
+                                         wallet_id=wallet_id, action=action),
         counter_account=SystemAccount.PLATFORM_ADJUSTMENTS,
         metadata={"reason": reason, "admin_id": admin_id, "channel": "admin_api"}, initiated_by=admin_id)
-    user_leg = result.leg(wallet.id)
-    counter = next(leg for leg in result.entries if leg.wallet_id != wallet.id)
-    return AdjustmentView(id=result.transaction_id, kind=result.kind, wallet_id=wallet.id,
+    user_leg = result.leg(wallet_id)
+    counter = next(leg for leg in result.entries if leg.wallet_id != wallet_id)
+    return AdjustmentView(id=result.transaction_id, kind=result.kind, wallet_id=wallet_id,
                           counter_wallet_id=counter.wallet_id, amount=result.amount, currency=result.currency,
                           balance_after=user_leg.balance_after, reason=reason, initiated_by=admin_id,
                           created_at=result.created_at)
