@@ -19,6 +19,7 @@ from rq import Queue
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from wallet_api.config import Settings
 from wallet_api.extensions import db
 
 log = structlog.get_logger(__name__)
@@ -30,13 +31,17 @@ QUEUE_NAMES = (WEBHOOKS, DEFAULT)
 _PENDING = "wallet_api.jobs_after_commit"
 
 
+def redis_from_settings(settings: Settings, **options) -> Redis:
+    """A Redis client for REDIS_URL: the one place every process builds its connection."""
+    defaults = {"socket_connect_timeout": 2, "socket_timeout": 5, "health_check_interval": 30}
+    return Redis.from_url(settings.redis_url, **{**defaults, **options})
+
+
 def redis_connection() -> Redis:
     """One client (connection pool) per app."""
     ext = current_app.extensions
     if "wallet_redis" not in ext:
-        ext["wallet_redis"] = Redis.from_url(current_app.config["SETTINGS"].redis_url,
-                                             socket_connect_timeout=2, socket_timeout=5,
-                                             health_check_interval=30)
+        ext["wallet_redis"] = redis_from_settings(current_app.config["SETTINGS"])
     return ext["wallet_redis"]
 
 

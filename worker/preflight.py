@@ -10,16 +10,15 @@ import sys
 
 def settings_and_redis():
     """Validated settings and a reachable Redis, or exit 1 naming the problem (never a secret)."""
-    from redis import Redis
-
     from wallet_api.config import ConfigError, load_settings
+    from wallet_api.queues import redis_from_settings
 
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(1) from None
-    connection = Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=5)
+    connection = redis_from_settings(settings, socket_connect_timeout=3)
     try:
         connection.ping()
     except Exception as exc:  # noqa: BLE001 - any failure to reach Redis stops the boot
