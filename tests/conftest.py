@@ -167,8 +167,8 @@ def make_settings_app(settings):
     built = []
 
     def build(**overrides):
-        app = create_app(make_settings(database_url=settings.database_url, redis_url=settings.redis_url,
-                                       **overrides))
+        app = create_app(make_settings(**{"database_url": settings.database_url, "redis_url": settings.redis_url,
+                                          **overrides}))
         built.append(app)
         return app
 

@@ -5,6 +5,7 @@ import click
 from flask import Flask
 
 from wallet_api.auth.schemas import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, normalise_email
+from wallet_api.reconciliation import cli as reconciliation_cli
 
 
 def register_cli(app: Flask) -> None:
@@ -29,11 +30,9 @@ def register_cli(app: Flask) -> None:
         user, created = service.create_admin(email=email, password=password)
         click.echo(f"{'Created' if created else 'Promoted'} admin {user.email} ({user.id})")
 
-    import importlib
-
     for module in CLI_MODULES:
-        importlib.import_module(module).register(app)
+        module.register(app)
 
 
 # Domain modules that add commands, each with `register(app)`.
-CLI_MODULES: tuple[str, ...] = ()
+CLI_MODULES = (reconciliation_cli,)

@@ -11,6 +11,7 @@ import datetime as dt
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 
 from environs import Env, EnvValidationError
 from marshmallow.validate import Length, OneOf, Range
@@ -77,10 +78,14 @@ class Settings:
     wallet_reconciliation_interval_seconds: int = 15 * 60
     provider_reconciliation_interval_seconds: int = 60 * 60
     webhook_retry_interval_seconds: int = 5 * 60
+    reconciliation_job_timeout_seconds: int = 30 * 60
+    reconciliation_statement_timeout_ms: int = 10 * 60 * 1000
+    provider_reconciliation_lookback_hours: int = 24
+    provider_reconciliation_overlap_minutes: int = 15
     alert_webhook_url: str | None = None
-    alert_balance_mismatch_threshold: str = "0.01"
-    alert_webhook_failure_threshold: int = 5
-    alert_credit_spike_threshold: str = "1000"
+    alert_credit_spike_threshold: Decimal = Decimal("1000")
+    alert_credit_spike_user_threshold: Decimal = Decimal("500")
+    alert_credit_spike_window_minutes: int = 60
     secret_rotation_dates: Mapping[str, dt.date | None] = field(default_factory=dict)
     backup_dir: str = "backups"
     backup_retention_days: int = 30
@@ -141,6 +146,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     rate_limits = RateLimits(**values.pop("rate_limits"))
     values["cors_allowed_origins"] = tuple(values["cors_allowed_origins"] or ())
     values["alert_webhook_url"] = values["alert_webhook_url"] or None
+    for name in ("alert_credit_spike_threshold", "alert_credit_spike_user_threshold"):
+        values[name] = Decimal(values[name])
     return Settings(rate_limits=rate_limits, **values)
 
 
@@ -215,10 +222,19 @@ def _declare(env: Env) -> dict:
         provider_reconciliation_interval_seconds=env.int("PROVIDER_RECONCILIATION_INTERVAL_SECONDS", 3600,
                                                          validate=positive),
         webhook_retry_interval_seconds=env.int("WEBHOOK_RETRY_INTERVAL_SECONDS", 300, validate=positive),
-        alert_webhook_url=env.str("ALERT_WEBHOOK_URL", ""),
-        alert_balance_mismatch_threshold=env.str("ALERT_BALANCE_MISMATCH_THRESHOLD", "0.01"),
-        alert_webhook_failure_threshold=env.int("ALERT_WEBHOOK_FAILURE_THRESHOLD", 5, validate=positive),
-        alert_credit_spike_threshold=env.str("ALERT_CREDIT_SPIKE_THRESHOLD", "1000"),
+        reconciliation_job_timeout_seconds=env.int("RECONCILIATION_JOB_TIMEOUT_SECONDS",
+                                                   default("reconciliation_job_timeout_seconds"), validate=positive),
+        reconciliation_statement_timeout_ms=env.int("RECONCILIATION_STATEMENT_TIMEOUT_MS",
+                                                    default("reconciliation_statement_timeout_ms"), validate=positive),
+        provider_reconciliation_lookback_hours=env.int("PROVIDER_RECONCILIATION_LOOKBACK_HOURS", 24,
+                                                       validate=positive),
+        provider_reconciliation_overlap_minutes=env.int("PROVIDER_RECONCILIATION_OVERLAP_MINUTES", 15,
+                                                        validate=Range(min=0)),
+        alert_webhook_url=env.str("ALERT_WEBHOOK_URL", "", validate=_url_scheme("http", "https")),
+        alert_credit_spike_threshold=env.str("ALERT_CREDIT_SPIKE_THRESHOLD", "1000", validate=_positive_decimal),
+        alert_credit_spike_user_threshold=env.str("ALERT_CREDIT_SPIKE_USER_THRESHOLD", "500",
+                                                  validate=_positive_decimal),
+        alert_credit_spike_window_minutes=env.int("ALERT_CREDIT_SPIKE_WINDOW_MINUTES", 60, validate=positive),
         secret_rotation_dates={
             name: env.date(f"{name}_ROTATION_DATE", None) for name in ROTATED_SECRETS
         },
@@ -240,6 +256,18 @@ def _url_scheme(*schemes: str):
         return True
 
     return validate
+
+
+def _positive_decimal(value: str) -> bool:
+    from marshmallow import ValidationError
+
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        raise ValidationError("Must be a decimal number such as 1000 or 2500.50.") from None
+    if not number.is_finite() or number <= 0:
+        raise ValidationError("Must be a positive decimal number.")
+    return True
 
 
 def _rate_limit(value: str) -> bool:

@@ -1,5 +1,6 @@
-"""Column types shared by every model."""
+"""Column types shared by every model, and the JSON text we store in JSONB columns."""
 import datetime as dt
+import json
 import uuid
 from decimal import Decimal
 
@@ -22,4 +23,17 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-__all__ = ["Money", "uuid_pk", "timestamp_column", "utcnow", "Decimal"]
+def metadata_json(value: dict) -> str:
+    """JSON text for a JSONB metadata column: UUIDs, Decimals (as strings, never floats) and datetimes allowed."""
+    return json.dumps(value, default=_json_default)
+
+
+def _json_default(obj):
+    if isinstance(obj, (uuid.UUID, Decimal)):
+        return str(obj)
+    if isinstance(obj, (dt.datetime, dt.date)):
+        return obj.isoformat()
+    raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON serialisable")
+
+
+__all__ = ["Money", "uuid_pk", "timestamp_column", "utcnow", "metadata_json", "Decimal"]

@@ -13,7 +13,7 @@ from http import HTTPStatus
 import structlog
 from flask import Flask
 from flask_smorest import Api
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 log = structlog.get_logger(__name__)
@@ -127,3 +127,17 @@ def register_error_handlers(app: Flask) -> None:
         # HTTPExceptions never get here: WalletApi's more specific handler takes them.
         log.error("unhandled_exception", exc_info=exc)
         return envelope(500, None), 500
+
+
+def describe_exception(exc: BaseException, *, limit: int = 2000) -> str:
+    """A one-line account of a failure for a stored record (job run, webhook event): what went wrong,
+    never the SQL statement or its parameters, which may carry user data."""
+    if isinstance(exc, ApiError):
+        reason = f"{exc.error}: {exc.message}"
+    elif isinstance(exc, SQLAlchemyError):
+        orig = getattr(exc, "orig", None)
+        lines = str(orig or exc).splitlines() or [""]
+        reason = f"database error: {type(orig or exc).__name__}: {lines[0]}"
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    return reason[:limit]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+import structlog
 from flask import Flask, current_app, has_app_context
 from rq.worker import HerokuWorker
 
@@ -41,6 +42,8 @@ def job_app_context():
             yield app
         finally:
             db.session.remove()
+            # The next job (or RQ's own lines between jobs) must not carry this job's log context.
+            structlog.contextvars.clear_contextvars()
 
 
 def _preload() -> None:

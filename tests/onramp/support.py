@@ -198,12 +198,13 @@ class Books:
 
 @pytest.fixture
 def run_jobs(app, settings):
-    """run_jobs() drains every queue with an in-process rq SimpleWorker; returns True if it ran jobs."""
+    """run_jobs(in_app=None) drains every queue with an in-process rq SimpleWorker, in the test app (or
+    `in_app`, e.g. one built with other settings); returns True if it ran jobs."""
 
-    def run() -> bool:
+    def run(in_app=None) -> bool:
         connection = Redis.from_url(settings.redis_url)
         queues = [Queue(name, connection=connection) for name in QUEUE_NAMES]
-        with app.app_context():
+        with (in_app or app).app_context():
             return SimpleWorker(queues, connection=connection).work(burst=True, logging_level="WARNING")
 
     return run

@@ -1,13 +1,20 @@
-"""The periodic schedule is registered once under stable ids, and the worker and scheduler processes
-refuse to start on a bad environment."""
+"""The periodic schedule is registered once under stable ids and re-asserted by the scheduler process
+(so a Redis that lost its data gets it back), and the worker and scheduler processes refuse to start
+on a bad environment."""
+import datetime as dt
 import signal
 import subprocess
 
 import pytest
+from rq import Queue
 from rq_scheduler import Scheduler
 
 from tests.onramp.support import ROOT, finish, kill_tree, wait_for, worker_env
-from worker.schedule import PERIODIC_JOBS, PeriodicJob, register_schedule
+from sqlalchemy import text
+
+from wallet_api.extensions import db
+from wallet_api.jobs.catalog import PERIODIC_JOBS, JobSpec
+from worker.schedule import register_schedule
 
 
 @pytest.fixture
@@ -16,25 +23,36 @@ def scheduler(app, redis_client):  # `app`: Redis is also flushed after the test
     return Scheduler(connection=redis_client)
 
 
-PERIODIC_IDS = sorted(job.id for job in PERIODIC_JOBS)
+ENABLED_IDS = sorted(job.scheduler_id for job in PERIODIC_JOBS if job.name != "alert-notifications")
 
 
-def test_every_periodic_job_is_registered_and_webhook_retry_runs_every_five_minutes(scheduler, settings):
+def test_every_enabled_periodic_job_is_registered_with_its_interval(scheduler, settings):
     report = register_schedule(scheduler=scheduler, settings=settings)
-    assert report == {job_id: "registered" for job_id in PERIODIC_IDS}
+    assert report == {job_id: "registered" for job_id in ENABLED_IDS}
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert sorted(jobs) == PERIODIC_IDS
+    assert sorted(jobs) == ENABLED_IDS == sorted(["periodic-wallet-reconciliation", "periodic-provider-reconciliation",
+                                                  "periodic-webhook-retry", "periodic-idempotency-purge"])
     retry = jobs["periodic-webhook-retry"]
     assert retry.func_name == "worker.jobs.webhook_retry"
     assert retry.meta["interval"] == settings.webhook_retry_interval_seconds == 300
     assert retry.origin == "default"
+    assert jobs["periodic-wallet-reconciliation"].meta["interval"] == 900
+    assert jobs["periodic-wallet-reconciliation"].timeout == settings.reconciliation_job_timeout_seconds
+    assert jobs["periodic-provider-reconciliation"].meta["interval"] == 3600
     assert jobs["periodic-idempotency-purge"].func_name == "worker.jobs.purge_idempotency_keys"
+
+
+def test_alert_notifications_are_scheduled_only_with_an_alert_webhook_url(scheduler, settings):
+    with_url = settings.replace(alert_webhook_url="https://hooks.example.test/alerts")
+    assert register_schedule(scheduler=scheduler, settings=with_url)["periodic-alert-notifications"] == "registered"
+    assert register_schedule(scheduler=scheduler, settings=settings)["periodic-alert-notifications"] == "cancelled"
+    assert "periodic-alert-notifications" not in scheduler
 
 
 def test_a_restarted_scheduler_does_not_register_twice(scheduler, settings):
     register_schedule(scheduler=scheduler, settings=settings)
     first_runs = dict((job.id, at) for job, at in scheduler.get_jobs(with_times=True))
-    assert register_schedule(scheduler=scheduler, settings=settings) == {job_id: "kept" for job_id in PERIODIC_IDS}
+    assert register_schedule(scheduler=scheduler, settings=settings) == {job_id: "kept" for job_id in ENABLED_IDS}
     again = dict((job.id, at) for job, at in scheduler.get_jobs(with_times=True))
     assert again == first_runs  # no duplicates, and the next runs are not pushed back by a restart
 
@@ -46,24 +64,25 @@ def test_a_changed_interval_replaces_the_job_under_the_same_id(scheduler, settin
     assert report["periodic-webhook-retry"] == "replaced"
     assert report["periodic-idempotency-purge"] == "kept"
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert sorted(jobs) == PERIODIC_IDS
+    assert sorted(jobs) == ENABLED_IDS
     assert jobs["periodic-webhook-retry"].meta["interval"] == 60
 
 
 def test_unknown_periodic_jobs_are_cancelled_and_one_off_jobs_left_alone(scheduler, settings, redis_client):
-    import datetime as dt
-
-    old = PeriodicJob(id="periodic-renamed-away", func="worker.jobs.webhook_retry", interval=lambda s: 60)
+    old = JobSpec(name="renamed-away", func="worker.jobs.webhook_retry", description="gone", interval=lambda s: 60)
     register_schedule(scheduler=scheduler, settings=settings, jobs=(*PERIODIC_JOBS, old))
     one_off = scheduler.enqueue_in(dt.timedelta(hours=1), "worker.jobs.webhook_retry")
     report = register_schedule(scheduler=scheduler, settings=settings)
-    assert report == {"periodic-renamed-away": "cancelled", **{job_id: "kept" for job_id in PERIODIC_IDS}}
-    assert sorted(job.id for job in scheduler.get_jobs()) == sorted([*PERIODIC_IDS, one_off.id])
+    assert report == {"periodic-renamed-away": "cancelled", **{job_id: "kept" for job_id in ENABLED_IDS}}
+    assert sorted(job.id for job in scheduler.get_jobs()) == sorted([*ENABLED_IDS, one_off.id])
 
 
-def test_periodic_ids_are_namespaced():
-    with pytest.raises(ValueError):
-        PeriodicJob(id="webhook-retry", func="worker.jobs.webhook_retry", interval=lambda s: 60)
+def test_a_registration_whose_job_data_was_lost_is_registered_again(scheduler, settings, redis_client):
+    register_schedule(scheduler=scheduler, settings=settings)
+    redis_client.delete("rq:job:periodic-webhook-retry")  # listed in the schedule, job hash gone
+    assert register_schedule(scheduler=scheduler, settings=settings)["periodic-webhook-retry"] == "registered"
+    assert scheduler.job_class.fetch("periodic-webhook-retry", connection=redis_client).func_name == \
+        "worker.jobs.webhook_retry"
 
 
 @pytest.mark.parametrize("script", ["start-worker", "start-scheduler"])
@@ -78,34 +97,79 @@ def test_processes_fail_fast_naming_bad_configuration(settings, script):
     assert "short" not in result.stderr  # the message names variables, never their values
 
 
-@pytest.mark.parametrize("script", ["start-worker", "start-scheduler"])
-def test_processes_fail_fast_when_redis_is_unreachable(settings, script):
+def test_the_worker_fails_fast_when_redis_is_unreachable(settings):
     env = worker_env(settings, REDIS_URL="redis://127.0.0.1:1/0")
-    result = subprocess.run([str(ROOT / "bin" / script)], cwd=ROOT, env=env, capture_output=True, text=True,
+    result = subprocess.run([str(ROOT / "bin" / "start-worker")], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 1
     assert "Redis" in result.stderr
 
 
-def test_bin_start_scheduler_registers_then_runs_rqscheduler(settings, scheduler):
-    process = subprocess.Popen([str(ROOT / "bin" / "start-scheduler")], cwd=ROOT, env=worker_env(settings),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def test_the_scheduler_waits_for_an_unreachable_redis_and_stops_on_sigterm(settings):
+    env = worker_env(settings, REDIS_URL="redis://127.0.0.1:1/0", LOG_LEVEL="INFO")
+    process = subprocess.Popen([str(ROOT / "bin" / "start-scheduler")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            process.wait(timeout=4)  # still waiting for Redis, not exited
+        process.send_signal(signal.SIGTERM)
+        output = finish(process, timeout=15)
+    finally:
+        kill_tree(process.pid)
+    assert process.returncode == 0, output
+    assert "scheduler_redis_unavailable" in output
+
+
+def _start_scheduler(settings) -> subprocess.Popen:
+    return subprocess.Popen([str(ROOT / "bin" / "start-scheduler")], cwd=ROOT, env=worker_env(settings, LOG_LEVEL="INFO"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _stop(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGTERM)
+    try:
+        return finish(process, timeout=15)
+    finally:
+        kill_tree(process.pid)
+
+
+def test_the_scheduler_process_registers_and_moves_due_jobs_onto_their_queue(settings, scheduler):
+    process = _start_scheduler(settings)
     try:
         wait_for(lambda: "periodic-webhook-retry" in scheduler, timeout=30, message="the schedule")
-        # rqscheduler is running (it holds its heartbeat key) and moves the due job onto its queue.
-        wait_for(lambda: scheduler.connection.keys("rq:scheduler_instance:*"), timeout=30,
-                 message="rqscheduler to start")
-        from rq import Queue
-
         queued = lambda: set(Queue("default", connection=scheduler.connection).job_ids)  # noqa: E731
-        wait_for(lambda: queued() == set(PERIODIC_IDS), timeout=30, message="the first runs to be enqueued")
+        wait_for(lambda: queued() == set(ENABLED_IDS), timeout=30, message="the first runs to be enqueued")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            output = finish(process, timeout=15)
-        finally:
-            kill_tree(process.pid)
-    assert "periodic-webhook-retry: registered" in output
+        output = _stop(process)
+    assert process.returncode == 0, output
+    assert "schedule_asserted" in output
+
+
+def test_a_flushed_redis_gets_its_schedule_back_and_the_sweeper_runs_again(
+        app, settings, scheduler, redis_client, run_jobs, user, onramp, books):
+    """Losing Redis's data used to lose the schedule until a human restarted the scheduler: a stored
+    event whose job vanished then sat pending forever. Now the next loop re-registers everything."""
+    from tests.onramp.support import moonpay_event, post_webhook
+
+    onramp_id, wallet_id = onramp(user, "ETH")
+    post_webhook(app.test_client(), moonpay_event(onramp_id=onramp_id, user_id=user.id))
+    process = _start_scheduler(settings)
+    try:
+        wait_for(lambda: "periodic-webhook-retry" in scheduler, timeout=30, message="the schedule")
+        redis_client.flushdb()  # the event's job, the schedule, everything
+        with app.app_context():
+            db.session.execute(text("UPDATE webhook_events SET enqueued_at = now() - interval '1 hour'"))
+            db.session.commit()
+        wait_for(lambda: "periodic-webhook-retry" in scheduler, timeout=30, message="the schedule to come back")
+        wait_for(lambda: "periodic-webhook-retry" in Queue("default", connection=redis_client).job_ids,
+                 timeout=30, message="the sweeper to be queued again")
+    finally:
+        _stop(process)
+    run_jobs()  # the sweeper re-queues the stale event; its job credits the wallet
+    run_jobs()
+    assert books.balance(wallet_id) == books.entries_sum(wallet_id) > 0
+    runs = books.read("SELECT status, counts FROM job_runs WHERE job_name = 'webhook-retry'")
+    assert runs and runs[0]["status"] == "succeeded" and runs[0]["counts"]["swept"] == 1
 
 
 def test_sigterm_stops_an_idle_worker_cleanly(settings):
@@ -145,5 +209,5 @@ def test_the_purge_job_deletes_only_expired_idempotency_keys(app, user):
             db.session.add(IdempotencyRecord(user_id=user.id, key=key, method="POST", path="/transfers",
                                              fingerprint="f" * 64, status="completed", expires_at=expires))
         db.session.commit()
-        assert purge_idempotency_keys() == 1
+        assert purge_idempotency_keys()["purged"] == 1
         assert db.session.scalars(select(IdempotencyRecord.key)).all() == ["fresh"]

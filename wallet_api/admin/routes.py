@@ -6,11 +6,16 @@ from flask.views import MethodView
 from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
 
-from wallet_api.admin.schemas import DlqEntrySchema, DlqPageSchema, DlqQuerySchema, DlqResolveSchema
+from wallet_api.admin.schemas import (AdminWalletPageSchema, AdminWalletQuerySchema, AlertPageSchema, AlertQuerySchema,
+                                     AlertResolveSchema, AlertSchema, DlqEntrySchema, DlqPageSchema, DlqQuerySchema,
+                                     DlqResolveSchema, JobRunPageSchema, JobRunSchema, JobStatusPageSchema)
+from wallet_api.alerts import service as alerts
 from wallet_api.auth.tokens import admin_required
 from wallet_api.extensions import limiter
 from wallet_api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent, request_reference
+from wallet_api.jobs import service as jobs
 from wallet_api.onramp import dead_letters
+from wallet_api.pagination import Page, PageQuerySchema
 from wallet_api.ratelimit import limit_for
 from wallet_api.wallets import ledger
 from wallet_api.wallets import service as wallet_service
@@ -52,6 +57,116 @@ class ResolveDeadLetter(MethodView):
         """Resolve an entry with a note: replay the event, or discard it"""
         return dead_letters.resolve_dlq(entry_id=entry_id, action=data["action"], note=data["note"],
                                         admin_id=_admin_id())
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+@blp.route("/alerts/unresolved")
+class UnresolvedAlerts(MethodView):
+    decorators = [admin_limit, admin_required]
+
+    @blp.arguments(AlertQuerySchema, location="query")
+    @blp.response(200, AlertPageSchema)
+    @blp.doc(security=SECURITY)
+    def get(self, query):
+        """Open alerts, newest first (`alertType`, `severity`, `limit`, `cursor`)"""
+        return alerts.list_unresolved(alert_type=query["alert_type"], severity=query["severity"],
+                                      limit=query["limit"], cursor=query["cursor"])
+
+
+@blp.route("/alerts/<uuid:alert_id>")
+class AlertById(MethodView):
+    decorators = [admin_limit, admin_required]
+
+    @blp.response(200, AlertSchema)
+    @blp.alt_response(404, description="No such alert")
+    @blp.doc(security=SECURITY)
+    def get(self, alert_id):
+        """One alert, open or resolved, with its metadata"""
+        return alerts.get_alert(alert_id=alert_id)
+
+
+@blp.route("/alerts/<uuid:alert_id>/resolve")
+class ResolveAlert(MethodView):
+    decorators = [admin_limit, admin_required]
+
+    @blp.arguments(AlertResolveSchema)
+    @blp.response(200, AlertSchema)
+    @blp.alt_response(404, description="No such alert")
+    @blp.alt_response(409, description="Already resolved")
+    @blp.doc(security=SECURITY)
+    def post(self, data, alert_id):
+        """Resolve an alert with a note (who and when are recorded)"""
+        return alerts.resolve_alert(alert_id=alert_id, admin_id=_admin_id(), note=data["note"])
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@blp.route("/jobs")
+class Jobs(MethodView):
+    decorators = [admin_limit, admin_required]
+
+    @blp.response(200, JobStatusPageSchema)
+    @blp.doc(security=SECURITY)
+    def get(self):
+        """Every periodic job: interval, last run, last success, next scheduled run"""
+        return Page(items=jobs.job_statuses(), next_cursor=None)
+
+
+@blp.route("/jobs/<string:name>/run")
+class RunJob(MethodView):
+    decorators = [admin_limit, admin_required]
+
+    @blp.response(202, JobRunSchema)
+    @blp.alt_response(404, description="No such job")
+    @blp.alt_response(503, description="The job queue (Redis) is unavailable")
+    @blp.doc(security=SECURITY)
+    def post(self, name):
+        """Queue one run of a job now; follow it with GET /admin/jobs/runs/<run_id>"""
+        return jobs.request_run(name=name, requested_by=_admin_id())
+
+
+@blp.route("/jobs/<string:name>/runs")
+class JobRuns(MethodView):
+    decorators = [admin_limit, admin_required]
+
+    @blp.arguments(PageQuerySchema, location="query")
+    @blp.response(200, JobRunPageSchema)
+    @blp.alt_response(404, description="No such job")
+    @blp.doc(security=SECURITY)
+    def get(self, query, name):
+        """Recorded runs of one job, newest first"""
+        return jobs.list_runs(job_name=name, limit=query["limit"], cursor=query["cursor"])
+
+
+@blp.route("/jobs/runs/<uuid:run_id>")
+class JobRunById(MethodView):
+    decorators = [admin_limit, admin_required]
+
+    @blp.response(200, JobRunSchema)
+    @blp.alt_response(404, description="No such run")
+    @blp.doc(security=SECURITY)
+    def get(self, run_id):
+        """One recorded job run with its counts and error"""
+        return jobs.get_run(run_id=run_id)
+
+
+# --------------------------------------------------------------------------- wallets
+
+
+@blp.route("/wallets")
+class AdminWallets(MethodView):
+    decorators = [admin_limit, admin_required]
+
+    @blp.arguments(AdminWalletQuerySchema, location="query")
+    @blp.response(200, AdminWalletPageSchema)
+    @blp.doc(security=SECURITY)
+    def get(self, query):
+        """User wallets of every user, newest first; `needs_reconciliation=true` for flagged ones"""
+        return wallet_service.list_all_wallets(needs_reconciliation=query["needs_reconciliation"],
+                                               limit=query["limit"], cursor=query["cursor"])
 
 
 # --------------------------------------------------------------------------- wallet adjustments

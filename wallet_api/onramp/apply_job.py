@@ -18,13 +18,14 @@ from rq.timeouts import BaseTimeoutException
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from wallet_api.alerts.models import AlertType, Severity
+from wallet_api.alerts.models import AlertType
 from wallet_api.alerts.service import raise_alert
 from wallet_api.db_types import utcnow
-from wallet_api.errors import ApiError
+from wallet_api.errors import ApiError, describe_exception
 from wallet_api.extensions import db
 from wallet_api.metrics import record_webhook, timed
 from wallet_api.onramp import moonpay
+from wallet_api.onramp.credit_spike import check_credit_spikes
 from wallet_api.onramp.dead_letters import dead_letter
 from wallet_api.onramp.models import EventStatus, OnrampStatus, OnrampTransaction, WebhookEvent
 from wallet_api.onramp.moonpay import PROVIDER, MoonPayTransaction
@@ -73,9 +74,11 @@ def process_event(*, event_id: uuid.UUID, now: dt.datetime | None = None) -> str
         event.last_attempt_at = now
         log_context = dict(event_id=str(event.id), external_id=event.external_id,
                            external_status=event.external_status, attempt=event.attempts)
+        credited_user = None
         try:
             with session.begin_nested():
-                outcome = _apply(event=event, now=now)
+                outcome, onramp = _apply(event=event, now=now)
+                credited_user = onramp.user_id if outcome == "credited" else None
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, so a bug ends in the DLQ too
             if isinstance(exc, _INTERRUPTIONS) or getattr(exc, "connection_invalidated", False):
                 raise  # not the event's fault: roll everything back and let RQ run the job again
@@ -91,21 +94,26 @@ def process_event(*, event_id: uuid.UUID, now: dt.datetime | None = None) -> str
             session.commit()
             log.info("webhook_processed", outcome=outcome, **log_context)
         record_webhook(provider=PROVIDER, stage="process", outcome=outcome, duration_s=elapsed())
+    if credited_user is not None:
+        _check_credit_spikes(user_id=credited_user, now=now)
     return outcome
+
+
+def _check_credit_spikes(*, user_id: uuid.UUID, now: dt.datetime) -> None:
+    """After the credit's own commit: a failing check must never undo or retry a credit."""
+    try:
+        check_credit_spikes(user_id=user_id, now=now)
+        db.session.commit()
+    except Exception:  # noqa: BLE001 - the wallet reconciliation job checks again
+        db.session.rollback()
+        log.exception("credit_spike_check_failed", user_id=str(user_id))
 
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, ProcessingError):
-        reason = str(exc)
-    elif isinstance(exc, ApiError):
-        reason = f"{exc.error}: {exc.message}"
-    elif isinstance(exc, SQLAlchemyError):
-        # The statement and its parameters stay out of the stored reason; the DB message is enough.
-        orig = getattr(exc, "orig", None)
-        reason = f"database error: {type(orig or exc).__name__}: {str(orig or exc).splitlines()[0]}"
-    else:
-        reason = f"unexpected error: {type(exc).__name__}: {exc}"
-    return reason[:MAX_ERROR_LENGTH]
+        return str(exc)[:MAX_ERROR_LENGTH]
+    reason = describe_exception(exc, limit=MAX_ERROR_LENGTH)
+    return reason if isinstance(exc, (ApiError, SQLAlchemyError)) else f"unexpected error: {reason}"[:MAX_ERROR_LENGTH]
 
 
 def _record_failure(*, event: WebhookEvent, reason: str, now: dt.datetime, settings) -> str:
@@ -118,7 +126,7 @@ def _record_failure(*, event: WebhookEvent, reason: str, now: dt.datetime, setti
         event.outcome = "dead_lettered"
         dead_letter(event=event, failure_reason=reason)
         raise_alert(
-            alert_type=AlertType.WEBHOOK_FAILURE, severity=Severity.HIGH,
+            alert_type=AlertType.WEBHOOK_FAILURE, subject=f"event:{event.id}",
             title=f"{event.provider} webhook failed {event.attempts} times",
             message=f"Event {event.id} ({event.event_type}, {event.external_status}) for "
                     f"{event.provider} transaction {event.external_id} was moved to the dead letter "
@@ -136,7 +144,7 @@ def _record_failure(*, event: WebhookEvent, reason: str, now: dt.datetime, setti
 # --------------------------------------------------------------------------- applying
 
 
-def _apply(*, event: WebhookEvent, now: dt.datetime) -> str:
+def _apply(*, event: WebhookEvent, now: dt.datetime) -> tuple[str, OnrampTransaction]:
     payload = moonpay.load_payload(event.payload)
     tx = MoonPayTransaction.from_payload(payload["data"])
     new_status = moonpay.STATUS.get(tx.status)
@@ -156,19 +164,19 @@ def _apply(*, event: WebhookEvent, now: dt.datetime) -> str:
     current = onramp.status
     if current in OnrampStatus.TERMINAL:
         if new_status == current:
-            return f"already_{current}"
+            return f"already_{current}", onramp
         if new_status not in OnrampStatus.TERMINAL:
-            return "stale_status_ignored"  # a late pending never overwrites completed/failed
+            return "stale_status_ignored", onramp  # a late pending never overwrites completed/failed
         raise ProcessingError(
             f"conflicting terminal status: the on-ramp transaction is {current}, MoonPay now says {tx.status}")
 
     provider_updated_at = _parse_time(tx.updated_at)
     if new_status == OnrampStatus.COMPLETED:
-        return _complete(event=event, onramp=onramp, tx=tx, now=now, provider_updated_at=provider_updated_at)
+        return _complete(event=event, onramp=onramp, tx=tx, now=now, provider_updated_at=provider_updated_at), onramp
 
     if (new_status not in OnrampStatus.TERMINAL and provider_updated_at is not None
             and onramp.provider_updated_at is not None and provider_updated_at < onramp.provider_updated_at):
-        return "stale_status_ignored"  # same rank, older news
+        return "stale_status_ignored", onramp  # same rank, older news
     onramp.moonpay_transaction_id = tx.id
     onramp.status = new_status
     onramp.updated_at = now
@@ -178,8 +186,8 @@ def _apply(*, event: WebhookEvent, now: dt.datetime) -> str:
     if new_status == OnrampStatus.FAILED:
         onramp.failure_reason = (tx.failure_reason or "failed at MoonPay")[:MAX_ERROR_LENGTH]
         onramp.failed_at = now
-        return "marked_failed"
-    return f"status_{new_status}"
+        return "marked_failed", onramp
+    return f"status_{new_status}", onramp
 
 
 def _locked_onramp(tx: MoonPayTransaction) -> OnrampTransaction:
@@ -228,6 +236,7 @@ def _complete(*, event: WebhookEvent, onramp: OnrampTransaction, tx: MoonPayTran
     onramp.moonpay_transaction_id = tx.id
     onramp.crypto_transaction_id = tx.crypto_transaction_id or onramp.crypto_transaction_id
     onramp.quote_currency_amount = amount
+    onramp.provider_base_amount = tx.base_currency_amount
     onramp.ledger_transaction_id = result.transaction_id
     onramp.completed_at = now
     onramp.updated_at = now

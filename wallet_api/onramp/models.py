@@ -68,6 +68,10 @@ class OnrampTransaction(db.Model):
         UniqueConstraint("ledger_transaction_id", name="uq_onramp_transactions_ledger_transaction_id"),
         Index("ix_onramp_transactions_user_created", "user_id", "created_at", "id"),
         Index("ix_onramp_transactions_wallet_id", "wallet_id"),
+        # The credit-spike checks sum the completions of a recent window, platform-wide and per user.
+        Index("ix_onramp_transactions_completed_at", "completed_at", postgresql_where=text("status = 'completed'")),
+        Index("ix_onramp_transactions_user_completed_at", "user_id", "completed_at",
+              postgresql_where=text("status = 'completed'")),
     )
 
     id: Mapped[uuid.UUID] = uuid_pk()
@@ -81,6 +85,8 @@ class OnrampTransaction(db.Model):
     moonpay_transaction_id: Mapped[str | None] = mapped_column(String(255))
     crypto_transaction_id: Mapped[str | None] = mapped_column(String(512))
     quote_currency_amount: Mapped[Decimal | None] = mapped_column(Money)
+    # MoonPay's baseCurrencyAmount of the completed purchase: the fiat actually paid (credit spikes).
+    provider_base_amount: Mapped[Decimal | None] = mapped_column(Money)
     failure_reason: Mapped[str | None] = mapped_column(Text)
     ledger_transaction_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("ledger_transactions.id", ondelete="RESTRICT"))

@@ -523,3 +523,69 @@ def _json(value: dict) -> str:
         raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON serialisable")
 
     return json.dumps(value, default=default)
+
+
+# --- cached balance corrections ----------------------------------------------------------------
+
+
+class CorrectionRefused(Conflict):
+    """The cached balance cannot be set to the ledger sum (e.g. the sum is negative); nothing changed."""
+
+    error = "correction_refused"
+
+
+@dataclass(frozen=True)
+class BalanceRewrite:
+    wallet_id: uuid.UUID
+    currency: str
+    before: Decimal
+    after: Decimal
+    correction_id: uuid.UUID | None  # None when the cache already matched (only the flag was cleared)
+
+
+def rewrite_cached_balance(*, wallet_id: uuid.UUID, corrected_by: str, reason: str,
+                           job_run_id: uuid.UUID | None = None) -> BalanceRewrite:
+    """Set a user wallet's cached balance to the sum of its entries, under the wallet's lock, clear its
+    reconciliation flag, and record the correction. Entries are never touched.
+
+    The caller checks first that the wallet's transactions balance; this only rewrites the cache.
+    """
+    session = db.session()
+    timeout_ms = int(current_app.config["SETTINGS"].ledger_lock_timeout_ms)
+    try:
+        session.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{timeout_ms}ms"})
+        wallet = session.execute(text(
+            "SELECT id, currency, balance FROM wallets WHERE id = :w AND user_id IS NOT NULL FOR UPDATE"),
+            {"w": wallet_id}).one_or_none()
+        if wallet is None:
+            raise WalletNotFound(f"Wallet {wallet_id} was not found.")
+        total, last_entry_id = session.execute(text(
+            "SELECT coalesce(sum(amount), 0), max(id) FROM ledger_entries WHERE wallet_id = :w"),
+            {"w": wallet_id}).one()
+        correction_id = None
+        if wallet.balance != total:
+            if total < 0:
+                raise CorrectionRefused(f"The entries of wallet {wallet_id} sum to {total}, below zero; "
+                                        "a user wallet's balance cannot be negative.")
+            correction_id = uuid.uuid4()
+            session.execute(text("""
+                INSERT INTO balance_corrections (id, wallet_id, currency, balance_before, balance_after,
+                                                 last_entry_id, corrected_by, reason, job_run_id)
+                VALUES (:id, :w, :currency, :before, :after, :last_entry_id, :by, :reason, :run)"""),
+                {"id": correction_id, "w": wallet_id, "currency": wallet.currency, "before": wallet.balance,
+                 "after": total, "last_entry_id": last_entry_id, "by": corrected_by, "reason": reason,
+                 "run": job_run_id})
+        session.execute(text("UPDATE wallets SET balance = :b, needs_reconciliation = false, updated_at = now() "
+                             "WHERE id = :w"), {"b": total, "w": wallet_id})
+        session.commit()
+    except OperationalError as exc:
+        session.rollback()
+        raise _busy_or(exc)
+    except BaseException:
+        session.rollback()
+        raise
+    _expire_cached_wallets(session, {wallet_id: None})
+    log.warning("cached_balance_rewritten", wallet_id=str(wallet_id), before=str(wallet.balance), after=str(total),
+                corrected_by=corrected_by, correction_id=str(correction_id) if correction_id else None)
+    return BalanceRewrite(wallet_id=wallet_id, currency=wallet.currency, before=wallet.balance, after=total,
+                          correction_id=correction_id)

@@ -12,6 +12,9 @@
   both are written under the wallet's row lock. System wallets are not locked and do not cache
   a balance (it is derived from entries, and their entries have no `balance_after`): a single
   row that every deposit locked would serialise all deposits (the "hot row" ceiling).
+- A cached balance that disagrees with the entries is corrected only by rewriting the cache
+  (`ledger.rewrite_cached_balance`, from `flask reconcile-balance --fix`), never the entries; each
+  rewrite is recorded in the append-only `balance_corrections` table.
 - Every entry carries a unique `idempotency_key` `{source}:{reference}:{walletId}:{action}` and
   every transaction the caller's key, so a replayed operation finds its first result instead of
   moving money twice.
@@ -38,6 +41,7 @@ class SystemAccount:
 class Wallet(db.Model):
     __tablename__ = "wallets"
     __table_args__ = (
+        Index("ix_wallets_needs_reconciliation", "created_at", "id", postgresql_where=text("needs_reconciliation")),
         CheckConstraint("(user_id IS NULL) <> (system_account IS NULL)", name="owner_xor_system"),
         CheckConstraint("system_account IS NOT NULL OR balance >= 0", name="user_balance_non_negative"),
         # Target of the entries' (wallet_id, currency) foreign key: an entry cannot change currency.
@@ -73,7 +77,12 @@ class LedgerTransaction(db.Model):
     entries: Mapped[list["LedgerEntry"]] = relationship(back_populates="transaction",
                                                         order_by="LedgerEntry.id")
 
-    __table_args__ = (CheckConstraint("amount > 0", name="amount_positive"),)
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        # Provider reconciliation finds on-ramp credits by MoonPay id and by creation time.
+        Index("ix_ledger_transactions_onramp_reference", "reference", postgresql_where=text("kind = 'onramp_credit'")),
+        Index("ix_ledger_transactions_onramp_created", "created_at", postgresql_where=text("kind = 'onramp_credit'")),
+    )
 
 
 class LedgerEntry(db.Model):
@@ -97,3 +106,23 @@ class LedgerEntry(db.Model):
     created_at: Mapped[dt.datetime] = timestamp_column()
 
     transaction: Mapped[LedgerTransaction] = relationship(back_populates="entries")
+
+
+class BalanceCorrection(db.Model):
+    """One rewrite of a user wallet's cached balance to its ledger sum: before, after, who, when, why."""
+
+    __tablename__ = "balance_corrections"
+    __table_args__ = (Index("ix_balance_corrections_wallet_created", "wallet_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = uuid_pk()
+    wallet_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("wallets.id", ondelete="RESTRICT"))
+    currency: Mapped[str] = mapped_column(String(10))
+    balance_before: Mapped[Decimal] = mapped_column(Money)
+    balance_after: Mapped[Decimal] = mapped_column(Money)
+    # The wallet's newest entry when the cache was rewritten: balance_after values of older entries
+    # were written from the wrong cache and are history, not a new break (see reconciliation).
+    last_entry_id: Mapped[int | None] = mapped_column(BigInteger)
+    corrected_by: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    job_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, ForeignKey("job_runs.id", ondelete="RESTRICT"))
+    created_at: Mapped[dt.datetime] = timestamp_column()

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from wallet_api.errors import Conflict, NotFound
 from wallet_api.extensions import db
-from wallet_api.pagination import Page, decode_cursor, encode_cursor, positive_bigint
+from wallet_api.pagination import Page, decode_cursor, encode_cursor, keyset_page, positive_bigint
 from wallet_api.wallets import ledger
 from wallet_api.wallets.ledger import WalletNotFound
 from wallet_api.wallets.models import SystemAccount, Wallet
@@ -78,6 +78,14 @@ def get_wallet(*, user_id: uuid.UUID, wallet_id: uuid.UUID) -> Wallet:
     if wallet is None:
         raise WalletNotFound("Wallet not found.")
     return wallet
+
+
+def list_all_wallets(*, needs_reconciliation: bool | None, limit: int, cursor: str | None) -> Page:
+    """User wallets of every user (for admins), newest first, optionally only (un)flagged ones."""
+    query = select(Wallet).where(Wallet.user_id.is_not(None))
+    if needs_reconciliation is not None:
+        query = query.where(Wallet.needs_reconciliation.is_(needs_reconciliation))
+    return keyset_page(query, Wallet, limit=limit, cursor=cursor)
 
 
 def ledger_page(*, user_id: uuid.UUID, wallet_id: uuid.UUID, limit: int, cursor: str | None) -> Page:

@@ -1,0 +1,77 @@
+"""CREDIT_SPIKE: unusual on-ramp volume, a fraud signal for a human to look at.
+
+The fiat value of completed purchases (MoonPay's baseCurrencyAmount, else the amount the user
+asked for) inside a sliding window (ALERT_CREDIT_SPIKE_WINDOW_MINUTES) is summed per fiat
+currency, platform-wide and per user; a sum strictly above ALERT_CREDIT_SPIKE_THRESHOLD (platform)
+or ALERT_CREDIT_SPIKE_USER_THRESHOLD (one user) raises an alert. Currencies are not converted:
+each threshold applies to each fiat currency on its own. Checked by the wallet reconciliation
+job (everyone) and after each applied credit (that user, and the platform). Two indexed range
+scans over the window's completions; nothing is blocked or reversed.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+from flask import current_app
+from sqlalchemy import text
+
+from wallet_api.alerts.models import AlertType
+from wallet_api.alerts.service import AlertSpec, raise_alerts
+from wallet_api.db_types import utcnow
+from wallet_api.extensions import db
+from wallet_api.wallets.amounts import format_money
+
+_PLATFORM = text("""
+    SELECT base_currency, sum(coalesce(provider_base_amount, base_amount)) AS total, count(*) AS purchases
+    FROM onramp_transactions
+    WHERE status = 'completed' AND completed_at > :since AND completed_at <= :until
+    GROUP BY base_currency
+    HAVING sum(coalesce(provider_base_amount, base_amount)) > :threshold""")
+
+_PER_USER = text("""
+    SELECT user_id, base_currency, sum(coalesce(provider_base_amount, base_amount)) AS total,
+           count(*) AS purchases
+    FROM onramp_transactions
+    WHERE status = 'completed' AND completed_at > :since AND completed_at <= :until
+      AND (CAST(:user_id AS uuid) IS NULL OR user_id = :user_id)
+    GROUP BY user_id, base_currency
+    HAVING sum(coalesce(provider_base_amount, base_amount)) > :threshold""")
+
+
+def check_credit_spikes(*, user_id: uuid.UUID | None = None, now: dt.datetime | None = None) -> int:
+    """Raise CREDIT_SPIKE alerts for the window ending now (one user's and the platform's, or everyone's
+    when `user_id` is None), in the caller's transaction; returns how many spikes were found."""
+    settings = current_app.config["SETTINGS"]
+    until = now or utcnow()
+    window = dt.timedelta(minutes=settings.alert_credit_spike_window_minutes)
+    since = until - window
+    period = {"start": since, "end": until, "window_minutes": settings.alert_credit_spike_window_minutes}
+    specs = []
+    for row in db.session.execute(_PLATFORM, {"since": since, "until": until,
+                                              "threshold": settings.alert_credit_spike_threshold}):
+        specs.append(_spike(scope="platform", subject=f"platform:{row.base_currency}", total=row.total,
+                            currency=row.base_currency, purchases=row.purchases,
+                            threshold=settings.alert_credit_spike_threshold, period=period))
+    for row in db.session.execute(_PER_USER, {"since": since, "until": until, "user_id": user_id,
+                                              "threshold": settings.alert_credit_spike_user_threshold}):
+        specs.append(_spike(scope="user", subject=f"user:{row.user_id}:{row.base_currency}", total=row.total,
+                            currency=row.base_currency, purchases=row.purchases, user_id=row.user_id,
+                            threshold=settings.alert_credit_spike_user_threshold, period=period))
+    raise_alerts(specs)
+    return len(specs)
+
+
+def _spike(*, scope: str, subject: str, total: Decimal, currency: str, purchases: int, threshold: Decimal,
+           period: dict, user_id: uuid.UUID | None = None) -> AlertSpec:
+    who = "platform-wide" if scope == "platform" else f"by user {user_id}"
+    minutes = period["window_minutes"]
+    shown = format_money(total, currency)
+    return AlertSpec(
+        alert_type=AlertType.CREDIT_SPIKE, subject=subject,
+        title=f"Credit spike {who}: {shown} {currency} in {minutes} min",
+        message=f"{purchases} completed purchase(s) {who} worth {shown} {currency} within the last "
+                f"{minutes} minutes, above the threshold of {threshold:f} {currency}.",
+        metadata={"scope": scope, "user_id": user_id, "base_currency": currency, "amount": total,
+                  "threshold": threshold, "purchases": purchases, "period": period})
