@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FROM_ADDONS = {"DATABASE_URL": "heroku-postgresql", "REDIS_URL": "heroku-redis"}
 # Secrets the app can be given any random value of; the others come from MoonPay's dashboard.
 GENERATED_SECRETS = {"JWT_SECRET", "JWT_REFRESH_SECRET"}
+ENV_KEYS = {"description", "value", "required", "generator"}
 
 
 def env_example_names() -> list[str]:
@@ -54,8 +55,8 @@ def test_every_variable_is_described_and_says_whether_it_is_required(manifest):
     # app.json's `required` defaults to true: an entry that leaves it out would block a deploy.
     for name, entry in manifest["env"].items():
         assert isinstance(entry, dict), f"app.json env {name}: an object with a description"
-        assert set(entry) <= {"description", "value", "required", "generator"}, (
-            f"app.json env {name}: unknown keys {sorted(set(entry) - {'description', 'value', 'required', 'generator'})}")
+        unknown = sorted(set(entry) - ENV_KEYS)
+        assert not unknown, f"app.json env {name}: unknown keys {unknown}"
         assert isinstance(entry.get("description"), str) and entry["description"].strip(), (
             f"app.json env {name} has no description")
         assert isinstance(entry.get("required"), bool), f"app.json env {name}: say required true or false"
