@@ -162,7 +162,7 @@ def job(database_url: str, redis_url: str) -> tuple[float, dict]:
         counts = run_wallet_reconciliation()
         elapsed = time.perf_counter() - started
         db.session.execute(db.text("DELETE FROM alert_log"))  # the next round starts without open alerts
-        db.session.execute(db.text("UPDATE wallets SET needs_reconciliation = false"))
+        db.session.execute(db.text("UPDATE wallets SET needs_reconciliation = false WHERE needs_reconciliation"))
         db.session.commit()
         db.session.remove()
         db.engine.dispose()

@@ -75,6 +75,8 @@ class Settings:
     ratelimit_enabled: bool = True
     rate_limits: RateLimits = field(default_factory=RateLimits)
     rq_job_timeout_seconds: int = 60
+    worker_processes: int = 2
+    worker_max_memory_mb: int = 512
     wallet_reconciliation_interval_seconds: int = 15 * 60
     provider_reconciliation_interval_seconds: int = 60 * 60
     webhook_retry_interval_seconds: int = 5 * 60
@@ -217,6 +219,9 @@ def _declare(env: Env) -> dict:
             for name in RateLimits.__dataclass_fields__
         },
         rq_job_timeout_seconds=env.int("RQ_JOB_TIMEOUT_SECONDS", 60, validate=positive),
+        worker_processes=env.int("WORKER_PROCESSES", default("worker_processes"), validate=Range(min=1, max=64)),
+        worker_max_memory_mb=env.int("WORKER_MAX_MEMORY_MB", default("worker_max_memory_mb"),
+                                     validate=Range(min=64)),
         wallet_reconciliation_interval_seconds=env.int("WALLET_RECONCILIATION_INTERVAL_SECONDS", 900,
                                                        validate=positive),
         provider_reconciliation_interval_seconds=env.int("PROVIDER_RECONCILIATION_INTERVAL_SECONDS", 3600,

@@ -1,13 +1,15 @@
 """Redis and the RQ queues. PostgreSQL stays the source of truth: nothing here is the only copy.
 
 Jobs are put on a queue only once the transaction that made their rows has committed, so a job
-never sees a row that was rolled back: `enqueue_after_commit` registers the job on the current
-database session, and a session hook sends it after the COMMIT (and drops it on a rollback).
+never sees a row that was rolled back: `enqueue_after_commit` (or, for anything else that must
+wait for the commit, `after_commit`) registers it on the current database session, and a session
+hook sends it after the COMMIT (and drops it on a rollback).
 Jobs take ids, never ORM objects, and must tolerate finding nothing to do (RQ may run a job
 twice, or never: a job lost with Redis is found again by the sweepers).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +30,7 @@ log = structlog.get_logger(__name__)
 WEBHOOKS = "webhooks"
 DEFAULT = "default"
 QUEUE_NAMES = (WEBHOOKS, DEFAULT)
-_PENDING = "wallet_api.jobs_after_commit"
+_PENDING = "wallet_api.after_commit"
 
 
 def redis_from_settings(settings: Settings, **options) -> Redis:
@@ -71,25 +73,32 @@ class PendingJob:
         return self.enqueued
 
 
+def after_commit(callback: Callable[[], object]) -> None:
+    """Call `callback()` once the current transaction of `db.session` commits; never if it rolls back.
+
+    A savepoint rolled back inside a committed transaction does not cancel it, which is one more
+    reason why jobs must tolerate finding nothing to do. The callback must not raise.
+    """
+    db.session().info.setdefault(_PENDING, []).append(callback)
+
+
 def enqueue_after_commit(queue: str, func: str, *args, **options) -> PendingJob:
     """Put `func(*args)` on `queue` once the current transaction of `db.session` commits.
 
-    `options` are RQ's enqueue options (job_id, job_timeout, retry, result_ttl, ...). A rollback
-    drops the job. A savepoint rolled back inside a committed transaction does not, which is one
-    more reason why jobs must tolerate finding nothing to do.
+    `options` are RQ's enqueue options (job_id, job_timeout, retry, result_ttl, ...).
     """
     pending = PendingJob(queue=queue, func=func, args=args, options=options)
-    db.session().info.setdefault(_PENDING, []).append(pending)
+    after_commit(pending.send)
     return pending
 
 
 @event.listens_for(Session, "after_commit")
-def _send_pending_jobs(session: Session) -> None:
-    for pending in session.info.pop(_PENDING, ()):
-        pending.send()
+def _run_after_commit(session: Session) -> None:
+    for callback in session.info.pop(_PENDING, ()):
+        callback()
 
 
 @event.listens_for(Session, "after_soft_rollback")
-def _drop_pending_jobs(session: Session, previous_transaction) -> None:
+def _drop_after_commit(session: Session, previous_transaction) -> None:
     if previous_transaction.parent is None:  # the whole transaction, not a savepoint
         session.info.pop(_PENDING, None)

@@ -15,13 +15,17 @@ from wallet_api.alerts import notify
 from wallet_api.idempotency import purge_expired
 from wallet_api.jobs.models import Trigger
 from wallet_api.jobs.runner import run_job
-from wallet_api.onramp.apply_job import process_event
+from wallet_api.onramp.apply_job import drain_pending, process_event
 from wallet_api.onramp.retry_job import run_webhook_maintenance
 from wallet_api.reconciliation.provider_job import run_provider_reconciliation
 from wallet_api.reconciliation.wallet_job import run_wallet_reconciliation
-from worker.runner import job_app_context
+from worker.runner import job_app_context, stopping
 
 log = structlog.get_logger(__name__)
+
+# A drain hands its worker back after this long (and queues its own continuation), so a warm
+# shutdown finishes well inside the platform's 30 seconds between SIGTERM and SIGKILL.
+DRAIN_BUDGET_SECONDS = 10.0
 
 
 def _bind_job() -> None:
@@ -37,8 +41,17 @@ def _periodic(name: str, work, run_id: str | None, trigger: str) -> dict:
         return run_job(name, work, trigger=trigger, run_id=uuid.UUID(run_id) if run_id else None)
 
 
+def drain_webhook_events() -> dict:
+    """Apply stored webhook events until none is left or the time budget is spent (see drain_queue.py)."""
+    _bind_job()
+    with job_app_context():
+        result = drain_pending(budget_seconds=DRAIN_BUDGET_SECONDS, should_stop=stopping)
+    return {"processed": result.processed, "more_left": result.more_left}
+
+
 def process_webhook_event(event_id: str) -> str:
-    """Apply one stored webhook event (exactly once, however often this runs)."""
+    """Apply one stored webhook event (exactly once, however often this runs). Jobs of this kind were
+    queued per event by earlier releases; a deploy may find some still in the queue."""
     _bind_job()
     with job_app_context():
         return process_event(event_id=uuid.UUID(event_id))

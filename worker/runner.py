@@ -1,22 +1,54 @@
-"""The worker process: one Flask app built in the parent, a fresh app context and DB session per job.
+"""The worker: jobs run inside the worker process, in one Flask app with one connection pool.
 
-`rq worker -w worker.runner.WalletWorker` forks one work-horse per job. The parent builds the
-app (failing fast on bad configuration) and holds no database connection while it forks (the
-one it uses to warm up is closed first); the horse also drops any pooled connection it might
-have inherited (`engine.dispose(close=False)`), so parent and child never share a socket. HerokuWorker turns SIGTERM into a warm shutdown: the running job gets
-ShutDownImminentException after a few seconds instead of being SIGKILLed mid-write, and since
-every job is one database transaction, an interrupted job leaves nothing behind.
+RQ's default Worker forks a work horse for every job, and every horse opens its own PostgreSQL
+connection: about 30 ms per job before any work, the ceiling measured in docs/PERFORMANCE.md.
+`WalletWorker` is an RQ SimpleWorker instead (no fork): the app, its mappers and its pooled
+connections are made once per process. What the fork used to give, and how it is kept:
+
+- A job that fails leaves nothing half-written: every event, every reconciliation is its own
+  database transaction. A process that dies (kill -9, OOM) takes only its own transaction with
+  it; PostgreSQL rolls it back, RQ marks the job abandoned, and the event is applied by the next
+  drain or the sweeper. `worker.main` runs workers under a pool that starts a new one.
+- Job timeouts still end a stuck job: RQ's SIGALRM death penalty raises inside the job; database
+  statements are bounded by statement_timeout and lock_timeout anyway.
+- Memory: a worker whose resident memory passes WORKER_MAX_MEMORY_MB after a job stops after it
+  (warm), and the pool replaces it with a fresh process.
+- Warm shutdown (SIGTERM, SIGINT): the current job finishes; a drain checks `stopping()` between
+  events and hands back within one event, queueing its own continuation.
+- Redis outages: RQ's loop gives up on many Redis errors ("found an unhandled exception,
+  quitting"); here the loop is restarted with backoff (1 s doubling to 30 s) under a new worker
+  name once Redis answers again. Nothing is lost meanwhile: PostgreSQL holds every event.
+- Processes RQ forks from a worker (its scheduler for retry intervals) drop the inherited
+  connection pool, so parent and child never share a database socket.
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
+import os
+import resource
+import threading
+import time
+import uuid
 
 import structlog
 from flask import Flask, current_app, has_app_context
-from rq.worker import HerokuWorker
+from redis.exceptions import RedisError
+from rq.exceptions import StopRequested
+from rq.worker import SimpleWorker
+from sqlalchemy import text
+from sqlalchemy.orm import configure_mappers
 
+from wallet_api import create_app
+from wallet_api.extensions import db
+
+log = structlog.get_logger("worker.runner")
+
+MAX_BACKOFF_SECONDS = 30
 _app: Flask | None = None
+_stopping = threading.Event()
+_fork_hook_installed = False
 
 
 def get_app() -> Flask:
@@ -25,17 +57,18 @@ def get_app() -> Flask:
     if has_app_context():
         return current_app._get_current_object()  # type: ignore[attr-defined]
     if _app is None:
-        from wallet_api import create_app
-
         _app = create_app()
     return _app
+
+
+def stopping() -> bool:
+    """True once this worker was asked to stop: long jobs hand back at their next safe point."""
+    return _stopping.is_set()
 
 
 @contextlib.contextmanager
 def job_app_context():
     """A fresh app context (so a fresh scoped DB session) around one job, cleaned up after it."""
-    from wallet_api.extensions import db
-
     app = get_app()
     with app.app_context():
         try:
@@ -46,48 +79,82 @@ def job_app_context():
             structlog.contextvars.clear_contextvars()
 
 
-def _preload() -> None:
-    """Do once in the parent what every forked horse would otherwise redo on every job.
+def resident_memory_mb() -> float:
+    """This process's resident set size now (Linux /proc), in MiB."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):  # no /proc: the peak is the best we know
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    Imports the job modules, configures the ORM mappers and lets SQLAlchemy initialise its
-    PostgreSQL dialect (server version, capabilities) on one short-lived connection, which is
-    closed again before any fork: the parent holds no connection while horses are forked, and
-    each horse starts warm instead of re-importing and re-initialising per job.
-    """
-    import importlib
 
-    from sqlalchemy import text
-    from sqlalchemy.orm import configure_mappers
+class WalletWorker(SimpleWorker):
+    """A non-forking RQ worker running jobs in the wallet_api app; see the module docstring."""
 
-    from wallet_api.extensions import db
+    def work(self, *args, **kwargs):
+        burst = kwargs.get("burst", args[0] if args else False)
+        app = get_app()  # once per process: a bad environment stops the worker before any job
+        _install_fork_hook()
+        # The `rq` code gave its loggers their own plain handlers before the app configured logging;
+        # drop them so RQ's lines go through the app's structured (JSON in production) handler once.
+        for name in ("rq.worker", "rq.job", "rq.scheduler", "rq.queue"):
+            logging.getLogger(name).handlers.clear()
+        with app.app_context():
+            _warm_up()
+            delay = 1.0
+            while True:
+                started = time.monotonic()
+                try:
+                    worked = super().work(*args, **kwargs)
+                except RedisError:  # RQ's own clean-up could not reach Redis either
+                    worked = False
+                if burst or stopping():
+                    return worked
+                # RQ's loop gave up, on a Redis error as a rule: wait, then work again.
+                if time.monotonic() - started > 60:
+                    delay = 1.0
+                log.warning("worker_redis_unavailable", worker=self.name, retry_in_seconds=delay)
+                try:
+                    if _stopping.wait(delay):
+                        return worked
+                except StopRequested:  # RQ's signal handler, still installed, stops an idle worker so
+                    return worked
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+                self.name = uuid.uuid4().hex  # the old registration may linger in Redis until its TTL
 
-    for module in ("worker.jobs", "wallet_api.onramp.intake", "wallet_api.onramp.apply_job",
-                   "wallet_api.onramp.retry_job", "wallet_api.wallets.ledger"):
-        importlib.import_module(module)
+    def request_stop(self, signum, frame):
+        _stopping.set()
+        return super().request_stop(signum, frame)
+
+    def perform_job(self, job, queue):
+        outcome = super().perform_job(job, queue)
+        limit = current_app.config["SETTINGS"].worker_max_memory_mb
+        used = resident_memory_mb()
+        if used > limit and not self._stop_requested:
+            log.warning("worker_memory_limit_reached", worker=self.name, resident_mb=round(used),
+                        limit_mb=limit)
+            self._stop_requested = True  # after this job; the pool starts a fresh process
+        return outcome
+
+
+def _warm_up() -> None:
+    """Import the job modules, configure the mappers and initialise the PostgreSQL dialect once, before
+    the first job, so the first webhook does not pay for it."""
+    importlib.import_module("worker.jobs")  # by name: worker.jobs imports this module
     configure_mappers()
     with db.engine.connect() as connection:
         connection.execute(text("SELECT 1"))
-    db.engine.dispose()  # close it: nothing pooled survives into a fork
 
 
-class WalletWorker(HerokuWorker):
-    """HerokuWorker that runs jobs inside the wallet_api app, with fork-safe DB connections."""
+def _install_fork_hook() -> None:
+    global _fork_hook_installed
+    if not _fork_hook_installed:
+        os.register_at_fork(after_in_child=_forget_inherited_connections)
+        _fork_hook_installed = True
 
-    def work(self, *args, **kwargs):
-        app = get_app()  # once, in the parent: a bad environment stops the worker before any job
-        # The `rq` CLI gave its loggers their own plain handlers before the app configured logging;
-        # drop them so RQ's lines go through the app's structured (JSON in production) handler once.
-        for name in ("rq.worker", "rq.job", "rq.scheduler"):
-            logging.getLogger(name).handlers.clear()
-        with app.app_context():
-            _preload()
-            return super().work(*args, **kwargs)
 
-    def main_work_horse(self, job, queue):
-        # In the forked child: never reuse a connection the parent's pool may hold.
-        from wallet_api.extensions import db
-
-        if has_app_context():
+def _forget_inherited_connections() -> None:
+    # A forked child (RQ's scheduler) must neither use nor close the parent's pooled connections.
+    if _app is not None:
+        with _app.app_context():
             db.engine.dispose(close=False)
-            db.session.remove()
-        return super().main_work_horse(job, queue)

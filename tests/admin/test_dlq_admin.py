@@ -5,14 +5,11 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from rq import Queue
 from sqlalchemy import text
 
-from tests.onramp.support import moonpay_event, post_webhook, utc
+from tests.onramp.support import DRAIN, moonpay_event, post_webhook, queued_functions, utc
 from wallet_api.extensions import db
-from wallet_api.onramp.intake import job_id_for
 from wallet_api.onramp.apply_job import process_event
-from wallet_api.queues import WEBHOOKS
 
 T0 = utc(2026, 11, 28, 12, 0)
 
@@ -126,8 +123,7 @@ def test_replay_resets_the_event_and_credits_exactly_once(client, admin, auth_he
     assert res.status_code == 200 and res.get_json()["resolution"] == "replay"
     event = books.event(event_id)
     assert (event["status"], event["attempts"], event["next_attempt_at"]) == ("pending", 0, None)
-    assert job_id_for(event_id=event_id, generation=event["enqueue_count"]) in \
-        Queue(WEBHOOKS, connection=redis_client).job_ids
+    assert DRAIN in queued_functions(redis_client)
 
     run_jobs()
     assert books.balance(lost_purchase["wallet_id"]) == Decimal("0.05")

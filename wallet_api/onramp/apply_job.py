@@ -1,4 +1,4 @@
-"""Runs in a worker: apply one stored MoonPay webhook event to its on-ramp transaction, exactly once.
+"""Runs in a worker: apply stored MoonPay webhook events to their on-ramp transactions, exactly once.
 
 See the pipeline's design overview in `wallet_api/onramp/__init__.py`. In short: one database
 transaction locks the event row, then the on-ramp transaction row, applies the forward-only
@@ -8,7 +8,10 @@ processed; a failure rolls back to a savepoint and is recorded on the event inst
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import DecimalException
 
 import structlog
@@ -27,6 +30,7 @@ from wallet_api.metrics import record_webhook, timed
 from wallet_api.onramp import moonpay
 from wallet_api.onramp.credit_spike import check_credit_spikes
 from wallet_api.onramp.dead_letters import dead_letter
+from wallet_api.onramp.drain_queue import drain_started, request_drain_now
 from wallet_api.onramp.models import EventStatus, OnrampStatus, OnrampTransaction, WebhookEvent
 from wallet_api.onramp.moonpay import PROVIDER, MoonPayTransaction
 from wallet_api.wallets import amounts, ledger
@@ -48,28 +52,76 @@ class ProcessingError(Exception):
 
 
 def process_event(*, event_id: uuid.UUID, now: dt.datetime | None = None) -> str:
-    """Apply one webhook event in one transaction; return the outcome (idempotent)."""
-    now = now or utcnow()
+    """Apply one stored event, by id, in one transaction; return the outcome (idempotent)."""
+    event = _lock(select(WebhookEvent).where(WebhookEvent.id == event_id).with_for_update())
+    if event is None:
+        db.session.rollback()
+        log.warning("webhook_event_missing", event_id=str(event_id))
+        record_webhook(provider=PROVIDER, stage="process", outcome="missing")
+        return "missing"
+    if event.status in (EventStatus.PROCESSED, EventStatus.DEAD_LETTERED):
+        status = event.status
+        db.session.rollback()
+        record_webhook(provider=PROVIDER, stage="process", outcome=f"already_{status}")
+        return f"already_{status}"
+    return _process_locked(event, now=now or utcnow())
+
+
+def process_next_pending(*, now: dt.datetime | None = None) -> str | None:
+    """Claim the oldest pending event that no one else is applying (SKIP LOCKED) and apply it in one
+    transaction; None when there is none."""
+    event = _lock(select(WebhookEvent).where(WebhookEvent.status == EventStatus.PENDING)
+                  .order_by(WebhookEvent.enqueued_at).limit(1).with_for_update(skip_locked=True))
+    if event is None:
+        db.session.rollback()
+        return None
+    return _process_locked(event, now=now or utcnow())
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    processed: int
+    more_left: bool  # stopped by the time budget or a shutdown with events still pending
+
+
+def drain_pending(*, budget_seconds: float, should_stop: Callable[[], bool]) -> DrainResult:
+    """The drain job: apply pending events, one transaction each, until none is left, `budget_seconds`
+    have passed or the worker is shutting down. A backlog asks for another drain at once, so idle
+    workers join in; work left over asks for the next one (see drain_queue.py)."""
+    drain_started()
+    if _pending_at_least(2):
+        request_drain_now()  # more than this drain's next event waits: let another worker join now
+    deadline = time.monotonic() + budget_seconds
+    processed = 0
+    while not should_stop() and time.monotonic() < deadline:
+        if process_next_pending() is None:
+            return DrainResult(processed=processed, more_left=False)
+        processed += 1
+    request_drain_now()
+    return DrainResult(processed=processed, more_left=True)
+
+
+def _pending_at_least(count: int) -> bool:
+    found = db.session.execute(text(
+        "SELECT count(*) FROM (SELECT 1 FROM webhook_events WHERE status = 'pending' LIMIT :n) AS waiting"),
+        {"n": count}).scalar_one()
+    db.session.rollback()
+    return found >= count
+
+
+def _lock(query) -> WebhookEvent | None:
+    """The event row of `query`, locked, read fresh, with our lock timeout set for this transaction."""
+    # A worker that died mid-job must not leave its backend holding our locks for long.
+    timeout_ms = int(current_app.config["SETTINGS"].ledger_lock_timeout_ms)
+    db.session.execute(text(f"SET LOCAL lock_timeout = {timeout_ms}"))
+    return db.session.execute(query.execution_options(populate_existing=True)).scalar_one_or_none()
+
+
+def _process_locked(event: WebhookEvent, *, now: dt.datetime) -> str:
+    """Apply a locked, unprocessed event and commit: processed, or a failure recorded for a retry."""
     settings = current_app.config["SETTINGS"]
     session = db.session
     with timed() as elapsed:
-        # A worker that died mid-job must not leave its backend holding our locks for long.
-        session.execute(text(f"SET LOCAL lock_timeout = {int(settings.ledger_lock_timeout_ms)}"))
-        event = session.execute(
-            select(WebhookEvent).where(WebhookEvent.id == event_id).with_for_update()
-            .execution_options(populate_existing=True)
-        ).scalar_one_or_none()
-        if event is None:
-            session.rollback()
-            log.warning("webhook_event_missing", event_id=str(event_id))
-            record_webhook(provider=PROVIDER, stage="process", outcome="missing")
-            return "missing"
-        if event.status in (EventStatus.PROCESSED, EventStatus.DEAD_LETTERED):
-            status = event.status
-            session.rollback()
-            record_webhook(provider=PROVIDER, stage="process", outcome=f"already_{status}")
-            return f"already_{status}"
-
         event.attempts += 1
         event.last_attempt_at = now
         log_context = dict(event_id=str(event.id), external_id=event.external_id,

@@ -1,4 +1,4 @@
-"""Runs in the web request: parse a verified MoonPay webhook, store it once, queue its processing.
+"""Runs in the web request: parse a verified MoonPay webhook, store it once, ask for its processing.
 
 See the pipeline's design overview in `wallet_api/onramp/__init__.py`.
 """
@@ -11,22 +11,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from flask import current_app
-from rq import Retry
 from sqlalchemy import bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from wallet_api.db_types import utcnow
 from wallet_api.extensions import db
-from wallet_api.metrics import record_webhook
 from wallet_api.onramp import moonpay
+from wallet_api.onramp.drain_queue import request_drain
 from wallet_api.onramp.models import EventStatus, WebhookEvent
-from wallet_api.queues import WEBHOOKS, PendingJob, enqueue_after_commit
 
-PROCESS_JOB = "worker.jobs.process_webhook_event"
-# RQ-level retries cover infrastructure failures only (database unreachable, horse killed);
-# business failures are retried from the database with apply_job.RETRY_BACKOFF.
-RQ_RETRY_INTERVALS = (15, 60, 300)
 
 
 class WebhookBodyError(ValueError):
@@ -120,7 +113,7 @@ _STORE_EVENT = (
 
 
 def receive_moonpay_webhook(*, parsed: ParsedWebhook, now: dt.datetime | None = None) -> ReceiveResult:
-    """Store a verified event once (one INSERT ... ON CONFLICT DO NOTHING); enqueue it after the commit."""
+    """Store a verified event once (one INSERT ... ON CONFLICT DO NOTHING); ask for a drain after the commit."""
     now = now or utcnow()
     inserted = db.session.execute(_STORE_EVENT, {
         "id": uuid.uuid4(), "provider": moonpay.PROVIDER, "event_key": parsed.event_key,
@@ -128,32 +121,8 @@ def receive_moonpay_webhook(*, parsed: ParsedWebhook, now: dt.datetime | None = 
         "external_status": parsed.transaction.status, "payload": parsed.payload_text,
         "status": EventStatus.PENDING, "attempts": 0, "enqueue_count": 1, "received_at": now, "enqueued_at": now,
     }).scalar_one_or_none()
-    job = enqueue_event(event_id=inserted, generation=1) if inserted is not None else None
+    drain = request_drain() if inserted is not None else None
     db.session.commit()
-    if job is None:
+    if drain is None:
         return ReceiveResult(event_id=None, duplicate=True, enqueued=False)
-    if not job.enqueued:
-        record_webhook(provider=moonpay.PROVIDER, stage="enqueue", outcome="redis_unavailable")
-    return ReceiveResult(event_id=inserted, duplicate=False, enqueued=bool(job.enqueued))
-
-
-def job_id_for(*, event_id: uuid.UUID, generation: int) -> str:
-    """RQ job id for one enqueue of one event ([A-Za-z0-9_-] only)."""
-    return f"webhook-{moonpay.PROVIDER}-{event_id.hex}-{generation}"
-
-
-def enqueue_event(*, event_id: uuid.UUID, generation: int) -> PendingJob:
-    """Queue the processing job of a stored event once the current transaction commits.
-
-    If Redis refuses it, the committed row is found by the sweeper once it is older than
-    WEBHOOK_STALE_AFTER_SECONDS.
-    """
-    settings = current_app.config["SETTINGS"]
-    return enqueue_after_commit(
-        WEBHOOKS, PROCESS_JOB, str(event_id),
-        job_id=job_id_for(event_id=event_id, generation=generation),
-        job_timeout=settings.rq_job_timeout_seconds,
-        retry=Retry(max=len(RQ_RETRY_INTERVALS), interval=list(RQ_RETRY_INTERVALS)),
-        result_ttl=3600, failure_ttl=7 * 24 * 3600,
-        description=f"process {moonpay.PROVIDER} webhook event {event_id}",
-    )
+    return ReceiveResult(event_id=inserted, duplicate=False, enqueued=bool(drain.ok))

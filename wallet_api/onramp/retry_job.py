@@ -1,5 +1,6 @@
-"""Runs in a worker (the periodic webhook-retry job): queue due retries, and sweep stored events
-whose job was lost. See the pipeline's design overview in `wallet_api/onramp/__init__.py`."""
+"""Runs in a worker (the periodic webhook-retry job): make due retries pending again, and sweep
+events left pending too long (their drain was lost with Redis, or never queued), then ask for a
+drain. See the pipeline's design overview in `wallet_api/onramp/__init__.py`."""
 from __future__ import annotations
 
 import datetime as dt
@@ -13,7 +14,7 @@ from wallet_api.db_types import utcnow
 from wallet_api.extensions import db
 from wallet_api.metrics import record_webhook
 from wallet_api.onramp import moonpay
-from wallet_api.onramp.intake import enqueue_event
+from wallet_api.onramp.drain_queue import request_drain
 from wallet_api.onramp.models import EventStatus, WebhookEvent
 
 log = structlog.get_logger(__name__)
@@ -29,7 +30,7 @@ class MaintenanceResult:
 
 
 def run_webhook_maintenance(*, now: dt.datetime | None = None, batch: int = SWEEP_BATCH) -> MaintenanceResult:
-    """The webhook-retry job: enqueue due retries, then re-enqueue stale pending events."""
+    """The webhook-retry job: make due retries pending, re-mark stale pending events, ask for a drain."""
     now = now or utcnow()
     settings = current_app.config["SETTINGS"]
     due = _claim(
@@ -40,34 +41,33 @@ def run_webhook_maintenance(*, now: dt.datetime | None = None, batch: int = SWEE
         (WebhookEvent.status == EventStatus.PENDING)
         & or_(WebhookEvent.enqueued_at.is_(None), WebhookEvent.enqueued_at < stale_before),
         order_by=WebhookEvent.enqueued_at, now=now, batch=batch)
-    failed = sum(not job.enqueued for job in due + stale)
+    drain = request_drain()
+    db.session.commit()
+    failed = 0 if drain.ok else due + stale
     for outcome, claimed in (("retry_enqueued", due), ("swept", stale)):
-        for _ in claimed:
+        for _ in range(claimed):
             record_webhook(provider=moonpay.PROVIDER, stage="maintenance", outcome=outcome)
     if due or stale:
-        log.info("webhook_maintenance", retried=len(due), swept=len(stale), enqueue_failed=failed)
-    return MaintenanceResult(retried=len(due), swept=len(stale), enqueue_failed=failed)
+        log.info("webhook_maintenance", retried=due, swept=stale, enqueue_failed=failed)
+    return MaintenanceResult(retried=due, swept=stale, enqueue_failed=failed)
 
 
-def _claim(condition, *, order_by, now: dt.datetime, batch: int) -> list:
-    """Mark matching events pending-and-enqueued-now (SKIP LOCKED), queue them, commit; return the jobs."""
+def _claim(condition, *, order_by, now: dt.datetime, batch: int) -> int:
+    """Mark matching events pending-and-queued-now (SKIP LOCKED, in the caller's transaction); how many."""
     events = db.session.execute(
         select(WebhookEvent).where(condition).order_by(order_by).limit(batch)
         .with_for_update(skip_locked=True)
     ).scalars().all()
-    jobs = []
     for event in events:
         event.status = EventStatus.PENDING
         event.next_attempt_at = None
         event.enqueued_at = now
         event.enqueue_count += 1
-        jobs.append(enqueue_event(event_id=event.id, generation=event.enqueue_count))
-    db.session.commit()
-    return jobs
+    return len(events)
 
 
 def reset_for_replay(*, event: WebhookEvent, now: dt.datetime) -> None:
-    """Give a dead-lettered event a fresh set of attempts and queue it after the caller's commit
+    """Give a dead-lettered event a fresh set of attempts and ask for a drain after the caller's commit
     (the caller holds the event's lock)."""
     event.status = EventStatus.PENDING
     event.attempts = 0
@@ -76,4 +76,4 @@ def reset_for_replay(*, event: WebhookEvent, now: dt.datetime) -> None:
     event.outcome = None
     event.enqueued_at = now
     event.enqueue_count += 1
-    enqueue_event(event_id=event.id, generation=event.enqueue_count)
+    request_drain()

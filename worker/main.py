@@ -1,0 +1,83 @@
+"""The worker process (Procfile `worker`): `python -m worker.main [--burst] [--processes N]`.
+
+1. Validates the configuration; exits 1 naming every problem (never a value).
+2. Waits for Redis with backoff (1 s doubling to 30 s), logging each attempt: a worker started
+   while Redis is down starts working when it comes back.
+3. Runs WORKER_PROCESSES (default 2) `WalletWorker`s on every queue the app enqueues to
+   (`QUEUE_NAMES`, webhooks first), each with RQ's scheduler for retry intervals, under RQ's
+   WorkerPool, which starts a new worker whenever one exits (memory limit, crash). With one
+   process the worker runs in this process, without a pool.
+SIGTERM or SIGINT: every worker finishes its current job (a drain hands back within one event)
+and the process exits 0. --burst: work until the queues are empty, then exit.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+import structlog
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.worker_pool import WorkerPool
+
+from wallet_api.config import ConfigError, Settings, load_settings
+from wallet_api.logging import configure_logging
+from wallet_api.queues import QUEUE_NAMES, redis_from_settings
+from worker.runner import MAX_BACKOFF_SECONDS, WalletWorker
+
+log = structlog.get_logger("worker.main")
+
+
+def wait_for_redis(settings: Settings, stop: threading.Event) -> Redis | None:
+    """A Redis client that answered PING, or None when asked to stop while waiting."""
+    delay = 1.0
+    while True:
+        connection = redis_from_settings(settings)
+        try:
+            connection.ping()
+            return connection
+        except RedisError as exc:
+            log.warning("worker_waiting_for_redis", error=type(exc).__name__, retry_in_seconds=delay)
+        if stop.wait(delay):
+            return None
+        delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.main", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--burst", action="store_true", help="work until the queues are empty, then exit")
+    parser.add_argument("--processes", type=int, help="worker processes (default: WORKER_PROCESSES)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    configure_logging(level=settings.log_level, json=settings.log_json)
+    processes = args.processes or settings.worker_processes
+    if processes < 1:
+        parser.error("--processes must be at least 1")
+
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    connection = wait_for_redis(settings, stop)
+    if connection is None:
+        return 0
+    log.info("worker_starting", processes=processes, queues=list(QUEUE_NAMES), burst=args.burst)
+    if processes == 1:
+        queues = [Queue(name, connection=connection) for name in QUEUE_NAMES]
+        WalletWorker(queues, connection=connection).work(burst=args.burst, with_scheduler=True,
+                                                          logging_level=settings.log_level)
+    else:
+        WorkerPool(list(QUEUE_NAMES), connection=connection, num_workers=processes,
+                   worker_class=WalletWorker).start(burst=args.burst, logging_level=settings.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
