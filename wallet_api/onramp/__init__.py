@@ -7,10 +7,11 @@ does only cheap, local work and PostgreSQL (never Redis) holds everything that m
 
 1. Receive (runs in the web request; `intake.py`): IP allowlist (403), body size (413),
    `Moonpay-Signature-V2` over the raw bytes (401), body shape (400), then ONE statement
-   `INSERT ... ON CONFLICT (provider, event_key) DO NOTHING` and a commit. The processing job
-   goes to RQ only after the commit (`queues.enqueue_after_commit`), so a job never sees a row
-   that was rolled back. The answer is 200 whether the enqueue worked or not: a stored event
-   whose job was lost is found by the sweeper. The request path never touches a wallet.
+   `INSERT ... ON CONFLICT (provider, event_key) DO NOTHING` and a commit. Only after the commit
+   does it ask the workers for a drain (`drain_queue.py`): at most one drain job waits in the
+   queue, so a burst of webhooks queues one job, not one per event. The answer is 200 whether
+   Redis took the request or not: an event left pending is found by the sweeper. The request
+   path never touches a wallet.
 
 2. Event identity (`intake.event_key`). MoonPay sends no event id, so we derive one:
    sha256 of ("moonpay", type, data.id, data.status, data.updatedAt). Not a hash of the raw
@@ -24,13 +25,16 @@ does only cheap, local work and PostgreSQL (never Redis) holds everything that m
    serialisation of `data` (sorted keys, exact decimals) stands in for it. Processing is
    idempotent anyway, so a missed dedupe costs a no-op run, never money.
 
-3. Apply (runs in a worker; `apply_job.py`; jobs take the event id only): in ONE database
-   transaction lock the event row (FOR UPDATE), skip it if already processed, lock the on-ramp
-   transaction row (FOR UPDATE), move its status forward only, and for `completed` call
-   `ledger.credit(commit=False)` with the key `webhook:moonpay:{moonpay_tx_id}:{wallet_id}:credit`;
-   mark the on-ramp transaction completed and the event processed; commit. Concurrent
-   deliveries and workers serialise on the row locks; the ledger's unique idempotency key is the
-   backstop; a crash before the commit leaves no trace, and the event is simply run again.
+3. Apply (runs in a worker; `apply_job.py`): a drain claims the oldest pending event nobody else
+   holds (FOR UPDATE SKIP LOCKED) and, in ONE database transaction, skips it if already
+   processed, locks the on-ramp transaction row (FOR UPDATE), moves its status forward only, and
+   for `completed` calls `ledger.credit(commit=False)` with the key
+   `webhook:moonpay:{moonpay_tx_id}:{wallet_id}:credit`; marks the on-ramp transaction completed
+   and the event processed; commits; and takes the next event, until none is left or its time
+   budget is spent. Several workers drain side by side without touching each other's events.
+   Concurrent deliveries of one purchase serialise on the on-ramp row lock; the ledger's unique
+   idempotency key is the backstop; a crash before the commit leaves no trace, and the event is
+   simply applied again.
 
 4. Fail and retry: a run that fails (unknown transaction, currency mismatch, an amount with
    more decimals than the currency allows - never rounded -, a conflicting terminal status...)
@@ -40,13 +44,11 @@ does only cheap, local work and PostgreSQL (never Redis) holds everything that m
    in the dead letter queue (`dead_letters.py`) and a WEBHOOK_FAILURE alert (high) is raised.
    Infrastructure errors (the database gone) raise instead, and RQ's own Retry re-runs the job.
 
-5. Recover (runs in a worker; `retry_job.py`, the periodic webhook-retry job): enqueue retries
-   that are due, and sweep events that are still `pending` although their last enqueue is older
-   than WEBHOOK_STALE_AFTER_SECONDS (Redis flushed, enqueue failed, worker SIGKILLed). Rows are
-   claimed with FOR UPDATE SKIP LOCKED, so an event being processed right now is never touched,
-   and two schedulers never claim the same row. Each enqueue gets a new RQ job id
-   `webhook-moonpay-<event id>-<enqueue generation>`, so RQ never holds two different jobs under
-   one id.
+5. Recover (runs in a worker; `retry_job.py`, the periodic webhook-retry job): make retries that
+   are due pending again, and sweep events that are still `pending` although they were last
+   queued more than WEBHOOK_STALE_AFTER_SECONDS ago (Redis flushed, worker SIGKILLed, no drain
+   asked for), then ask for a drain. Rows are claimed with FOR UPDATE SKIP LOCKED, so an event
+   being processed right now is never touched, and two runs never claim the same row.
 
 MoonPay's vocabulary (statuses, currency codes, event types, the transaction record) lives in
 `moonpay.py`; its REST client in `moonpay_client.py`. Every function takes `now` so tests walk
