@@ -5,6 +5,7 @@ import click
 from flask import Flask
 
 from wallet_api.auth.schemas import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, normalise_email
+from wallet_api.onramp import cli as onramp_cli
 from wallet_api.reconciliation import cli as reconciliation_cli
 
 
@@ -35,4 +36,4 @@ def register_cli(app: Flask) -> None:
 
 
 # Domain modules that add commands, each with `register(app)`.
-CLI_MODULES = (reconciliation_cli,)
+CLI_MODULES = (onramp_cli, reconciliation_cli)
