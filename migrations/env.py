@@ -1,6 +1,10 @@
 import logging
 
 from flask import current_app
+from sqlalchemy import create_engine
+from sqlalchemy.pool import NullPool
+
+from wallet_api.config import normalise_database_url
 
 from alembic import context
 
@@ -14,6 +18,14 @@ logger = logging.getLogger('alembic.env')
 
 
 def get_engine():
+    """The owner role's engine (MIGRATION_DATABASE_URL) when configured, else the app's own.
+
+    The application's role (DATABASE_URL) may not create or alter tables (see
+    wallet_api/db_roles.py), so migrations run as the role that owns the schema.
+    """
+    settings = current_app.config["SETTINGS"]
+    if settings.migration_database_url:
+        return create_engine(normalise_database_url(settings.migration_database_url), poolclass=NullPool)
     return current_app.extensions['migrate'].db.engine
 
 

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import dataclass
 
 import psycopg2
 import pytest
 from redis import Redis
-from sqlalchemy import text
 
 from wallet_api import create_app
 from wallet_api.auth.models import Role, User
 from wallet_api.auth.tokens import issue_access_token
 from wallet_api.config import Settings
 from wallet_api.extensions import db
-from wallet_api.local_services import LOCAL_REDIS, resolve_test_services, with_database
+from wallet_api.local_services import (LOCAL_REDIS, ensure_database, ensure_roles, resolve_test_services,
+                                       with_database)
 from wallet_api.wallets.system_wallets import ensure_system_wallets
 
 TEST_JWT_SECRET = "test-jwt-secret-0123456789abcdef-0123456789"
@@ -31,18 +32,31 @@ TEST_MOONPAY_SECRET = "sk_test_moonpay_secret"
 KEPT_TABLES = {"alembic_version"}
 
 
+TEST_OWNER_ROLE, TEST_APP_ROLE, TEST_ROLE_PASSWORD = "wallet_test_owner", "wallet_test_app", "wallet-test"
+
+
+@dataclass(frozen=True)
+class Services:
+    superuser_url: str   # the test database as a superuser: only for writing around the app (corruption)
+    owner_url: str       # the schema owner: migrations and the cleanup between tests
+    app_url: str         # the application's restricted role: what the app and the workers use
+    redis_url: str
+
+
 @pytest.fixture(scope="session")
 def services():
     admin_url, redis_url = resolve_test_services()
     if redis_url == LOCAL_REDIS:
         # Never db 0 of a shared server; TEST_REDIS_DB separates concurrent runs on one machine.
         redis_url = redis_url.rsplit("/", 1)[0] + "/" + os.environ.get("TEST_REDIS_DB", "15")
+    owner_url, app_url = ensure_roles(admin_url, owner=TEST_OWNER_ROLE, app=TEST_APP_ROLE,
+                                      password=TEST_ROLE_PASSWORD)
     name = f"wallet_api_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    ensure_database(admin_url, name, owner=TEST_OWNER_ROLE)
+    yield Services(superuser_url=with_database(admin_url, name), owner_url=with_database(owner_url, name),
+                   app_url=with_database(app_url, name), redis_url=redis_url)
     conn = psycopg2.connect(admin_url)
     conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    yield with_database(admin_url, name), redis_url
     with conn.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     conn.close()
@@ -50,8 +64,8 @@ def services():
 
 @pytest.fixture(scope="session")
 def settings(services) -> Settings:
-    database_url, redis_url = services
-    return make_settings(database_url=database_url, redis_url=redis_url)
+    return make_settings(database_url=services.app_url, migration_database_url=services.owner_url,
+                         redis_url=services.redis_url)
 
 
 def make_settings(**overrides) -> Settings:
@@ -75,20 +89,27 @@ def app(settings):
 
 
 @pytest.fixture(autouse=True)
-def _clean_state(request, settings):
+def _clean_state(request, settings, services):
     yield
     if "app" not in request.fixturenames:
         return
     app = request.getfixturevalue("app")
     with app.app_context():
         db.session.remove()
-        tables = [t for t in db.metadata.sorted_tables if t.name not in KEPT_TABLES]
-        with db.engine.begin() as conn:
-            conn.execute(text("SET LOCAL wallet.allow_ledger_truncate = on"))
-            existing = set(conn.execute(text(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")).scalars())
-            names = ", ".join(f'"{t.name}"' for t in tables if t.name in existing)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        tables = [t.name for t in db.metadata.sorted_tables if t.name not in KEPT_TABLES]
+    # As the owner: the application's role may not TRUNCATE (and the ledger's trigger refuses it
+    # unless the session says it is the test suite cleaning up).
+    conn = psycopg2.connect(services.owner_url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL wallet.allow_ledger_truncate = on")
+            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            existing = {row[0] for row in cur.fetchall()}
+            names = ", ".join(f'"{t}"' for t in tables if t in existing)
+            cur.execute(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+    finally:
+        conn.close()
+    with app.app_context():
         ensure_system_wallets(db.session)
         db.session.commit()
         db.session.remove()
@@ -168,7 +189,7 @@ def make_settings_app(settings):
 
     def build(**overrides):
         app = create_app(make_settings(**{"database_url": settings.database_url, "redis_url": settings.redis_url,
-                                          **overrides}))
+                                          "migration_database_url": settings.migration_database_url, **overrides}))
         built.append(app)
         return app
 

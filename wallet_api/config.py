@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from environs import Env, EnvValidationError
+from sqlalchemy.engine import make_url
 from marshmallow.validate import Length, OneOf, Range
 
 from wallet_api.client_address import IpAllowlist
+from wallet_api.secrets_policy import weakness
 
 APP_ENVS = ("development", "test", "production")
-MIN_SECRET_LENGTH = 32
 
 
 class ConfigError(RuntimeError):
@@ -53,6 +54,7 @@ class Settings:
     jwt_refresh_secret: str
     moonpay_webhook_secret: str
     moonpay_secret_key: str
+    migration_database_url: str | None = None
     moonpay_publishable_key: str = "pk_test_placeholder"
     moonpay_api_base_url: str = "https://api.moonpay.com"
     moonpay_widget_base_url: str = "https://buy.moonpay.com"
@@ -60,6 +62,9 @@ class Settings:
     webhook_allowed_ips: str = ""
     webhook_ip_allowlist_enforced: bool = False
     trusted_proxy_count: int = 0
+    trusted_proxy_cidrs: str = ""
+    database_tls_required: bool = False
+    metrics_token: str | None = None
     webhook_signature_tolerance_seconds: int = 300
     webhook_max_body_bytes: int = 64 * 1024
     webhook_stale_after_seconds: int = 600
@@ -107,6 +112,21 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+STRICT_SSLMODES = ("require", "verify-ca", "verify-full")
+
+
+def require_tls(url: str) -> str:
+    """The URL with TLS required: no sslmode means `sslmode=require` is added; a weaker one is an error."""
+    parsed = make_url(normalise_database_url(url))
+    mode = parsed.query.get("sslmode")
+    if mode is None:
+        return parsed.update_query_dict({"sslmode": "require"}).render_as_string(hide_password=False)
+    if mode not in STRICT_SSLMODES:
+        raise ValueError(f"sslmode={mode} does not require TLS; use one of {', '.join(STRICT_SSLMODES)} "
+                         "(or DATABASE_TLS_REQUIRED=false on a private network).")
+    return url
+
+
 def normalise_database_url(url: str) -> str:
     """Heroku-style `postgres://` names no SQLAlchemy dialect; pin psycopg2 explicitly."""
     for prefix in ("postgres://", "postgresql://"):
@@ -131,23 +151,47 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             problems[name] = list(msgs) if isinstance(msgs, (list, tuple)) else [str(msgs)]
 
     app_env = values["app_env"]
-    if app_env == "production":
-        if not values["cors_allowed_origins"]:
-            problems.setdefault("CORS_ALLOWED_ORIGINS", []).append(
-                "Required in production (comma-separated origins, never '*').")
+    in_production = app_env == "production"
+
+    def problem(name: str, message: str) -> None:
+        problems.setdefault(name, []).append(message)
+
+    if in_production and not values["cors_allowed_origins"]:
+        problem("CORS_ALLOWED_ORIGINS", "Required in production (comma-separated origins, never '*').")
     if "*" in (values["cors_allowed_origins"] or []):
-        problems.setdefault("CORS_ALLOWED_ORIGINS", []).append("'*' is not allowed; list origins.")
-    if not problems and values["webhook_allowed_ips"]:
+        problem("CORS_ALLOWED_ORIGINS", "'*' is not allowed; list origins.")
+    if in_production and values["log_level"] == "DEBUG":
+        problem("LOG_LEVEL", "DEBUG is refused in production: debug lines may carry request data.")
+    for name, spec in (("WEBHOOK_ALLOWED_IPS", values["webhook_allowed_ips"]),
+                       ("TRUSTED_PROXY_CIDRS", values["trusted_proxy_cidrs"])):
         try:
-            IpAllowlist.parse(values["webhook_allowed_ips"])
+            IpAllowlist.parse(spec or "")
         except ValueError as exc:
-            problems["WEBHOOK_ALLOWED_IPS"] = [str(exc)]
+            problem(name, str(exc))
+    if values["webhook_ip_allowlist_enforced"] and not (values["webhook_allowed_ips"] or "").strip(",  "):
+        problem("WEBHOOK_ALLOWED_IPS", "Empty while WEBHOOK_IP_ALLOWLIST_ENFORCED is on (the production default): "
+                                       "every MoonPay webhook would be refused. List MoonPay's source addresses, or "
+                                       "set WEBHOOK_IP_ALLOWLIST_ENFORCED=false (the signature is the real control).")
+    for name in ("DATABASE_URL", "MIGRATION_DATABASE_URL"):
+        key = name.lower()
+        if values[key] and name not in problems:
+            try:
+                values[key] = require_tls(values[key]) if values["database_tls_required"] else values[key]
+            except ValueError as exc:
+                problem(name, str(exc))
+    for name, own in (("JWT_SECRET", True), ("JWT_REFRESH_SECRET", True), ("METRICS_TOKEN", True),
+                      ("MOONPAY_WEBHOOK_SECRET", False), ("MOONPAY_SECRET_KEY", False)):
+        value = values[name.lower()]
+        if value and name not in problems and (reason := weakness(value, own=own, strict=in_production)):
+            problem(name, reason)
     if problems:
         raise ConfigError(problems)
 
     rate_limits = RateLimits(**values.pop("rate_limits"))
     values["cors_allowed_origins"] = tuple(values["cors_allowed_origins"] or ())
     values["alert_webhook_url"] = values["alert_webhook_url"] or None
+    values["migration_database_url"] = values["migration_database_url"] or None
+    values["metrics_token"] = values["metrics_token"] or None
     for name in ("alert_credit_spike_threshold", "alert_credit_spike_user_threshold"):
         values[name] = Decimal(values[name])
     return Settings(rate_limits=rate_limits, **values)
@@ -169,10 +213,10 @@ class _MappingEnv(Env):
 
 
 def _declare(env: Env) -> dict:
-    secret = Length(min=MIN_SECRET_LENGTH, error=f"Must be at least {MIN_SECRET_LENGTH} characters.")
     nonempty = Length(min=1, error="Must not be empty.")
     positive = Range(min=1, error="Must be a positive integer.")
-    app_env = env.str("APP_ENV", "development", validate=OneOf(APP_ENVS))
+    # Missing means production: a deploy that forgets APP_ENV gets every production check, never none.
+    app_env = env.str("APP_ENV", "production", validate=OneOf(APP_ENVS))
     in_production = app_env == "production"
     defaults = Settings.__dataclass_fields__
     limits = RateLimits()
@@ -185,8 +229,10 @@ def _declare(env: Env) -> dict:
         database_url=env.str("DATABASE_URL", validate=_url_scheme("postgres", "postgresql",
                                                                   "postgresql+psycopg2")),
         redis_url=env.str("REDIS_URL", validate=_url_scheme("redis", "rediss", "unix")),
-        jwt_secret=env.str("JWT_SECRET", validate=secret),
-        jwt_refresh_secret=env.str("JWT_REFRESH_SECRET", validate=secret),
+        migration_database_url=env.str("MIGRATION_DATABASE_URL", "", validate=_url_scheme(
+            "postgres", "postgresql", "postgresql+psycopg2")),
+        jwt_secret=env.str("JWT_SECRET", validate=nonempty),
+        jwt_refresh_secret=env.str("JWT_REFRESH_SECRET", validate=nonempty),
         moonpay_webhook_secret=env.str("MOONPAY_WEBHOOK_SECRET", validate=nonempty),
         moonpay_secret_key=env.str("MOONPAY_SECRET_KEY", validate=nonempty),
         moonpay_publishable_key=env.str("MOONPAY_PUBLISHABLE_KEY", default("moonpay_publishable_key")),
@@ -198,6 +244,9 @@ def _declare(env: Env) -> dict:
         webhook_allowed_ips=env.str("WEBHOOK_ALLOWED_IPS", ""),
         webhook_ip_allowlist_enforced=env.bool("WEBHOOK_IP_ALLOWLIST_ENFORCED", in_production),
         trusted_proxy_count=env.int("TRUSTED_PROXY_COUNT", 0, validate=Range(min=0, max=10)),
+        trusted_proxy_cidrs=env.str("TRUSTED_PROXY_CIDRS", ""),
+        database_tls_required=env.bool("DATABASE_TLS_REQUIRED", in_production),
+        metrics_token=env.str("METRICS_TOKEN", ""),
         webhook_signature_tolerance_seconds=env.int("WEBHOOK_SIGNATURE_TOLERANCE_SECONDS", 300,
                                                     validate=positive),
         webhook_max_body_bytes=env.int("WEBHOOK_MAX_BODY_BYTES", default("webhook_max_body_bytes"),

@@ -96,18 +96,44 @@ def resolve_test_services() -> tuple[str, str]:
 
 
 def resolve_dev_services() -> dict[str, str]:
-    """DATABASE_URL and REDIS_URL for `bin/dev`: from the environment, else embedded servers."""
+    """DATABASE_URL (the app's restricted role), MIGRATION_DATABASE_URL (the owner) and REDIS_URL for
+    `bin/dev`: from the environment, else embedded servers with the two roles set up."""
     env = {}
     if not os.environ.get("DATABASE_URL"):
         admin = embedded_postgres(LOCAL_DIR / "postgres")
-        env["DATABASE_URL"] = ensure_database(admin, "wallet_api")
+        owner, app = ensure_roles(admin, owner="wallet_owner", app="wallet_app", password="wallet-dev")
+        ensure_database(admin, "wallet_api", owner="wallet_owner")
+        adopt_schema(with_database(admin, "wallet_api"), owner="wallet_owner")
+        env["DATABASE_URL"] = with_database(app, "wallet_api")
+        env["MIGRATION_DATABASE_URL"] = with_database(owner, "wallet_api")
     if not os.environ.get("REDIS_URL"):
         env["REDIS_URL"] = embedded_redis(LOCAL_DIR / "redis")
     return env
 
 
-def ensure_database(admin_url: str, name: str) -> str:
-    """Create database `name` on the server behind `admin_url` if missing; return its URL."""
+def ensure_roles(admin_url: str, *, owner: str, app: str, password: str) -> tuple[str, str]:
+    """Create the schema owner and the application's login roles if missing (docs/SECRETS_AND_ACCESS_CONTROL.md);
+    return (owner URL, app URL) on the same server, database unchanged."""
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for role in (owner, app):
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+            if cur.fetchone() is None:
+                # Two test runs may race to create the role: the loser's duplicate is harmless.
+                try:
+                    cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD %s").format(sql.Identifier(role)), (password,))
+                except (psycopg2.errors.DuplicateObject, psycopg2.errors.UniqueViolation):
+                    pass
+    conn.close()
+    return with_role(admin_url, owner, password), with_role(admin_url, app, password)
+
+
+def ensure_database(admin_url: str, name: str, *, owner: str | None = None) -> str:
+    """Create database `name` (owned by `owner`) on the server behind `admin_url` if missing; return its URL."""
     import psycopg2
     from psycopg2 import sql
 
@@ -116,9 +142,40 @@ def ensure_database(admin_url: str, name: str) -> str:
     with conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
         if cur.fetchone() is None:
-            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            if owner:
+                statement = sql.SQL("{} OWNER {}").format(statement, sql.Identifier(owner))
+            cur.execute(statement)
     conn.close()
     return with_database(admin_url, name)
+
+
+def adopt_schema(database_url: str, *, owner: str) -> None:
+    """Make `owner` own the database's schema and tables (a development database made before the
+    roles existed was owned by the superuser, and its migrations would now fail)."""
+    import psycopg2
+    from psycopg2 import sql
+
+    conn = psycopg2.connect(database_url)
+    with conn, conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        cur.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(cur.fetchone()[0]),
+                                                                     sql.Identifier(owner)))
+        cur.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tableowner <> %s", (owner,))
+        for (table,) in cur.fetchall():
+            cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(table), sql.Identifier(owner)))
+        cur.execute("SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace")
+        for (function,) in cur.fetchall():
+            cur.execute(sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.Identifier(function), sql.Identifier(owner)))
+    conn.close()
+
+
+def with_role(url: str, role: str, password: str) -> str:
+    """The same server URL, logging in as `role`."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(username=role, password=password).render_as_string(hide_password=False)
 
 
 def with_database(url: str, name: str) -> str:

@@ -5,7 +5,6 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import text
 
 from tests.onramp.support import DRAIN, moonpay_event, post_webhook, queued_functions, utc
 from wallet_api.extensions import db
@@ -33,23 +32,24 @@ def park(app, client, books):
 
 
 @pytest.fixture
-def lost_purchase(app, user, onramp):
+def lost_purchase(app, user, onramp, services):
     """A completion whose on-ramp row is missing when processed, restored later (the operator's fix)."""
+    import psycopg2
+    from psycopg2.extras import RealDictCursor
+
     onramp_id, wallet_id = onramp(user, "ETH")
-    with app.app_context():
-        row = dict(db.session.execute(text("SELECT * FROM onramp_transactions WHERE id = :i"),
-                                      {"i": onramp_id}).mappings().one())
-        db.session.execute(text("DELETE FROM onramp_transactions WHERE id = :i"), {"i": onramp_id})
-        db.session.commit()
-        db.session.remove()
+    # Deleting and restoring rows is the operator's work around the app: as the owner.
+    conn = psycopg2.connect(services.owner_url)
+    with conn, conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT * FROM onramp_transactions WHERE id = %s", (str(onramp_id),))
+        row = dict(cur.fetchone())
+        cur.execute("DELETE FROM onramp_transactions WHERE id = %s", (str(onramp_id),))
 
     def restore():
-        with app.app_context():
-            columns = ", ".join(row)
-            db.session.execute(text(f"INSERT INTO onramp_transactions ({columns}) VALUES "
-                                    f"({', '.join(':' + c for c in row)})"), row)
-            db.session.commit()
-            db.session.remove()
+        with conn, conn.cursor() as cur:
+            cur.execute(f"INSERT INTO onramp_transactions ({', '.join(row)}) VALUES ({', '.join(['%s'] * len(row))})",
+                        list(row.values()))
+        conn.close()
 
     return dict(onramp_id=onramp_id, wallet_id=wallet_id, user_id=user.id, restore=restore)
 

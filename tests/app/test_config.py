@@ -7,20 +7,22 @@ GOOD = {
     "APP_ENV": "production",
     "DATABASE_URL": "postgres://app:pw@db.internal:5432/wallet",
     "REDIS_URL": "rediss://cache.internal:6380/0",
-    "JWT_SECRET": "j" * 32,
-    "JWT_REFRESH_SECRET": "r" * 32,
-    "MOONPAY_WEBHOOK_SECRET": "wk_live_x",
-    "MOONPAY_SECRET_KEY": "sk_live_x",
+    "JWT_SECRET": "Qm9vGv3kTfN1x8rZpL2wYcD7hS4aE6uJ0bRtWqKz",
+    "JWT_REFRESH_SECRET": "Xr7Lp2VwN9cKq4ZbT1mHs8FyD3jG6uRa0eWtYiOk",
+    "MOONPAY_WEBHOOK_SECRET": "wk_live_7Hq2Zm9RtX4cVb1N",
+    "MOONPAY_SECRET_KEY": "sk_live_K3p8Wq1Zr6Tx9Vm2",
     "CORS_ALLOWED_ORIGINS": "https://app.example.com,https://admin.example.com",
+    "WEBHOOK_ALLOWED_IPS": "52.18.0.0/16",
 }
 REQUIRED = ["DATABASE_URL", "REDIS_URL", "JWT_SECRET", "JWT_REFRESH_SECRET", "MOONPAY_WEBHOOK_SECRET",
-            "MOONPAY_SECRET_KEY", "CORS_ALLOWED_ORIGINS"]
+            "MOONPAY_SECRET_KEY", "CORS_ALLOWED_ORIGINS", "WEBHOOK_ALLOWED_IPS"]
 
 
 def test_a_complete_production_environment_loads():
     settings = load_settings(GOOD)
     assert settings.is_production
     assert settings.sqlalchemy_url.startswith("postgresql+psycopg2://")
+    assert settings.sqlalchemy_url.endswith("?sslmode=require")  # TLS to the database, unless said otherwise
     assert settings.cors_allowed_origins == ("https://app.example.com", "https://admin.example.com")
     assert settings.webhook_ip_allowlist_enforced is True
     assert settings.log_json is True
@@ -74,10 +76,57 @@ def test_secret_values_never_appear_in_the_error():
     assert secret not in str(info.value)
 
 
-def test_development_does_not_require_cors_origins():
-    env = {k: v for k, v in GOOD.items() if k not in ("APP_ENV", "CORS_ALLOWED_ORIGINS")}
-    settings = load_settings(env)
+def test_development_does_not_require_cors_origins_or_the_production_checks():
+    env = {k: v for k, v in GOOD.items() if k not in ("CORS_ALLOWED_ORIGINS", "WEBHOOK_ALLOWED_IPS")}
+    settings = load_settings({**env, "APP_ENV": "development", "JWT_SECRET": "a" * 32, "LOG_LEVEL": "DEBUG",
+                              "DATABASE_URL": "postgresql://u@localhost/wallet?sslmode=disable"})
     assert settings.app_env == "development" and settings.webhook_ip_allowlist_enforced is False
+    assert settings.database_tls_required is False and settings.log_level == "DEBUG"
+
+
+def test_a_missing_app_env_means_production_never_development():
+    settings = load_settings({k: v for k, v in GOOD.items() if k != "APP_ENV"})
+    assert settings.is_production and settings.database_tls_required and settings.webhook_ip_allowlist_enforced
+    with pytest.raises(ConfigError) as info:
+        load_settings({k: v for k, v in GOOD.items() if k not in ("APP_ENV", "CORS_ALLOWED_ORIGINS")})
+    assert list(info.value.problems) == ["CORS_ALLOWED_ORIGINS"]
+
+
+@pytest.mark.parametrize("change, refused", [
+    ({"LOG_LEVEL": "DEBUG"}, "LOG_LEVEL"),
+    ({"DATABASE_URL": "postgres://app:pw@db.internal/wallet?sslmode=disable"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "postgres://app:pw@db.internal/wallet?sslmode=prefer"}, "DATABASE_URL"),
+    ({"MIGRATION_DATABASE_URL": "postgres://owner:pw@db.internal/wallet?sslmode=allow"}, "MIGRATION_DATABASE_URL"),
+    ({"WEBHOOK_ALLOWED_IPS": ""}, "WEBHOOK_ALLOWED_IPS"),
+    ({"TRUSTED_PROXY_CIDRS": "10.0.0.0/33"}, "TRUSTED_PROXY_CIDRS"),
+    ({"JWT_SECRET": "a" * 40}, "JWT_SECRET"),
+    ({"JWT_SECRET": "change-me-change-me-change-me-change-me"}, "JWT_SECRET"),
+    ({"MOONPAY_WEBHOOK_SECRET": "wk_live_x"}, "MOONPAY_WEBHOOK_SECRET"),
+    ({"METRICS_TOKEN": "short"}, "METRICS_TOKEN"),
+])
+def test_production_refuses_what_development_tolerates(change, refused):
+    with pytest.raises(ConfigError) as info:
+        load_settings({**GOOD, **change})
+    assert list(info.value.problems) == [refused]
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("postgres://app:pw@db/wallet", "postgresql+psycopg2://app:pw@db/wallet?sslmode=require"),
+    ("postgres://app:pw@db/wallet?sslmode=verify-full", "postgresql+psycopg2://app:pw@db/wallet?sslmode=verify-full"),
+])
+def test_production_database_urls_require_tls(url, expected):
+    assert load_settings({**GOOD, "DATABASE_URL": url}).sqlalchemy_url == expected
+
+
+def test_tls_to_the_database_may_be_waived_explicitly_for_a_private_network():
+    url = "postgres://app:pw@db.internal/wallet?sslmode=disable"
+    settings = load_settings({**GOOD, "DATABASE_URL": url, "DATABASE_TLS_REQUIRED": "false"})
+    assert settings.sqlalchemy_url.endswith("sslmode=disable")
+
+
+def test_the_webhook_allowlist_may_be_switched_off_explicitly():
+    settings = load_settings({**GOOD, "WEBHOOK_ALLOWED_IPS": "", "WEBHOOK_IP_ALLOWLIST_ENFORCED": "false"})
+    assert settings.webhook_ip_allowlist_enforced is False
 
 
 def test_rate_limits_and_rotation_dates_are_read():
@@ -122,5 +171,5 @@ def test_env_example_documents_every_variable_and_loads_once_filled(tmp_path):
     filled = {k: v for k, v in (line.split("=", 1) for line in example.splitlines()
                                 if "=" in line and not line.startswith("#"))}
     filled.update({k: GOOD[k] for k in ("JWT_SECRET", "JWT_REFRESH_SECRET", "MOONPAY_WEBHOOK_SECRET",
-                                        "MOONPAY_SECRET_KEY")})
+                                        "MOONPAY_SECRET_KEY", "WEBHOOK_ALLOWED_IPS")})
     assert load_settings(filled).is_production

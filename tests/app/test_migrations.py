@@ -20,15 +20,17 @@ def test_models_and_migrations_describe_the_same_schema(app_ctx):
 
 
 @pytest.fixture
-def scratch_app(settings):
-    url = make_url(settings.database_url)
-    admin = url.set(database="postgres").render_as_string(hide_password=False)
+def scratch_app(settings, services):
+    from tests.conftest import TEST_OWNER_ROLE
+
+    admin = make_url(services.superuser_url).set(database="postgres").render_as_string(hide_password=False)
     name = f"wallet_api_scratch_{uuid.uuid4().hex[:8]}"
     conn = psycopg2.connect(admin)
     conn.autocommit = True
     with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
+        cur.execute(f'CREATE DATABASE "{name}" OWNER {TEST_OWNER_ROLE}')
     app = create_app(make_settings(database_url=with_database(settings.database_url, name),
+                                   migration_database_url=with_database(settings.migration_database_url, name),
                                    redis_url=settings.redis_url))
     yield app
     with app.app_context():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The add-ons set these; a value given at deploy time would collide with the attachment.
 FROM_ADDONS = {"DATABASE_URL": "heroku-postgresql", "REDIS_URL": "heroku-redis"}
 # Secrets the app can be given any random value of; the others come from MoonPay's dashboard.
-GENERATED_SECRETS = {"JWT_SECRET", "JWT_REFRESH_SECRET"}
+GENERATED_SECRETS = {"JWT_SECRET", "JWT_REFRESH_SECRET", "METRICS_TOKEN"}
 ENV_KEYS = {"description", "value", "required", "generator"}
 
 
@@ -64,10 +65,11 @@ def test_every_variable_is_described_and_says_whether_it_is_required(manifest):
 
 
 def test_required_variables_are_the_ones_production_refuses_to_start_without(manifest):
+    defaults = {name: entry["value"] for name, entry in manifest["env"].items() if "value" in entry}
     with pytest.raises(ConfigError) as refused:
-        load_settings({"APP_ENV": "production"})
+        load_settings({**defaults, "APP_ENV": "production"})
     required = {name for name, entry in manifest["env"].items() if entry.get("required", True)}
-    # APP_ENV is required too: unset, the app runs as development, so the manifest pins it.
+    # APP_ENV is pinned too (unset it already means production; the manifest says so explicitly).
     expected = (set(refused.value.problems) - set(FROM_ADDONS)) | {"APP_ENV"}
     assert required == expected, (
         f"app.json should require {sorted(expected - required)} and not {sorted(required - expected)}")
@@ -98,10 +100,10 @@ def test_the_defaults_of_app_json_are_values_the_app_accepts(manifest):
     # What a deploy from app.json starts with: its values, generated secrets (64 hex characters),
     # the add-ons' URLs and, for the other required variables, what an operator would type in.
     environ = {name: entry["value"] for name, entry in manifest["env"].items() if "value" in entry}
-    environ.update({name: "f" * 64 for name in GENERATED_SECRETS})
+    environ.update({name: secrets.token_hex(32) for name in GENERATED_SECRETS})  # what generator: secret gives
     environ.update(DATABASE_URL="postgres://u:p@ec2-1-2-3-4.compute-1.amazonaws.com:5432/d",
                    REDIS_URL="redis://h:p@ec2-1-2-3-4.compute-1.amazonaws.com:6379")
-    environ.update(MOONPAY_WEBHOOK_SECRET="wk_live_x", MOONPAY_SECRET_KEY="sk_live_x",
+    environ.update(MOONPAY_WEBHOOK_SECRET="wk_live_7Hq2Zm9RtX4cVb1N", MOONPAY_SECRET_KEY="sk_live_K3p8Wq1Zr6Tx9Vm2",
                    CORS_ALLOWED_ORIGINS="https://app.example.com")
     settings = load_settings(environ)
     assert settings.is_production

@@ -6,12 +6,12 @@ import pytest
 
 
 @pytest.fixture
-def corrupt(settings):
+def corrupt(services):
     """corrupt(sql, **params): write around the service and the ledger's triggers, the way only a
-    database owner with triggers switched off could (what reconciliation exists to catch)."""
+    superuser with triggers switched off could (what reconciliation exists to catch)."""
 
     def run(sql: str, **params):
-        conn = psycopg2.connect(settings.database_url)
+        conn = psycopg2.connect(services.superuser_url)
         try:
             with conn, conn.cursor() as cur:
                 cur.execute("SET LOCAL session_replication_role = replica")

@@ -112,13 +112,15 @@ def test_fix_refuses_a_wallet_whose_transactions_do_not_balance_and_names_them(c
     assert books.balance(wallets[0]) == Decimal("15") and books.count("balance_corrections") == 0
 
 
-def test_corrections_are_append_only(cli, wallets, corrupt, settings):
+@pytest.mark.parametrize("who, refusal", [("app_url", "permission denied"), ("owner_url", "append-only")])
+def test_corrections_are_append_only(cli, wallets, corrupt, services, who, refusal):
+    """The application's role lacks the privilege; even the owner is stopped by the trigger."""
     corrupt("UPDATE wallets SET balance = 1 WHERE id = %(w)s", w=str(wallets[0]))
     cli("--fix", "--force")
-    conn = psycopg2.connect(settings.database_url)
+    conn = psycopg2.connect(getattr(services, who))
     try:
         for statement in ("UPDATE balance_corrections SET balance_after = 1", "DELETE FROM balance_corrections"):
-            with pytest.raises(psycopg2.errors.InsufficientPrivilege, match="append-only"):
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege, match=refusal):
                 with conn, conn.cursor() as cur:
                     cur.execute(statement)
     finally:

@@ -1,4 +1,8 @@
-"""The database itself refuses bad ledger writes, whatever code (or person with psql) attempts them."""
+"""The database itself refuses bad ledger writes, whatever code (or person with psql) attempts them.
+
+These run as the schema's owner: the triggers and constraints hold even for the role that owns
+the tables. The application's own role is refused earlier still, by missing privileges
+(tests/app/test_database_roles.py)."""
 import uuid
 
 import psycopg2
@@ -7,9 +11,9 @@ from psycopg2 import errors
 
 
 @pytest.fixture
-def raw(settings):
-    """A plain psycopg2 connection: no service code between the test and PostgreSQL."""
-    conn = psycopg2.connect(settings.database_url)
+def raw(services):
+    """A plain psycopg2 connection as the owner: no service code between the test and PostgreSQL."""
+    conn = psycopg2.connect(services.owner_url)
     yield conn
     conn.rollback()
     conn.close()

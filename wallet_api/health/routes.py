@@ -26,7 +26,8 @@ class CheckSchema(Schema):
 
 
 class ReadySchema(Schema):
-    status = fields.String()
+    status = fields.String(metadata={"enum": ["ok", "unavailable"]})
+    failing = fields.List(fields.String(), metadata={"description": "The names of the failing checks"})
     checks = fields.Dict(keys=fields.String(), values=fields.Nested(CheckSchema))
 
 
@@ -44,7 +45,9 @@ class Ready(MethodView):
     @blp.response(200, ReadySchema)
     @blp.alt_response(503, schema=ReadySchema, description="A dependency is not ready")
     def get(self):
-        """Readiness: database, migrations and Redis; 503 when any check fails"""
+        """Readiness: database, migrations, Redis, secrets, the database role, TLS, periodic jobs; 503
+        naming every failing check"""
         checks = service.readiness_checks()
-        ok = all(check["ok"] for check in checks.values())
-        return {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
+        failing = [name for name, check in checks.items() if not check["ok"]]
+        return {"status": "unavailable" if failing else "ok", "failing": failing, "checks": checks}, \
+            503 if failing else 200
