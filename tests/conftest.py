@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 
 import psycopg2
 import pytest
 from redis import Redis
+from sqlalchemy import text
 
 from wallet_api import create_app
 from wallet_api.auth.models import Role, User
@@ -207,3 +209,126 @@ def _limiter_as_the_default_app_configures_it(settings):
     limiter.enabled = settings.ratelimit_enabled
     yield
     limiter.enabled = settings.ratelimit_enabled
+
+
+# --------------------------------------------------------------------------- money fixtures, for every test
+
+
+@pytest.fixture
+def make_wallet(app, make_user):
+    """make_wallet(user=None, currency="USD") -> wallet id (a new user when none is given)."""
+    from wallet_api.wallets import service
+
+    def make(user=None, currency: str = "USD") -> uuid.UUID:
+        owner = user or make_user()
+        with app.app_context():
+            return service.create_wallet(user_id=owner.id, currency=currency).id
+
+    return make
+
+
+@pytest.fixture
+def fund(app):
+    """fund(wallet_id, "100.00", kind="deposit", reference=None, key=None) credits a wallet through the
+    ledger from the MoonPay clearing wallet; returns the LedgerResult."""
+    from wallet_api.wallets import ledger
+    from wallet_api.wallets.models import SystemAccount
+
+    def credit(wallet_id: uuid.UUID, amount, *, kind: str = "deposit", reference: str | None = None,
+               key: str | None = None):
+        with app.app_context():
+            try:
+                return ledger.credit(
+                    wallet_id=wallet_id, amount=Decimal(amount), kind=kind, reference=reference,
+                    counter_account=SystemAccount.MOONPAY_CLEARING,
+                    idempotency_key=key or ledger.entry_key(source="test", reference=uuid.uuid4().hex,
+                                                            wallet_id=wallet_id, action="credit"))
+            finally:
+                db.session.remove()
+
+    return credit
+
+
+@pytest.fixture
+def funded_wallet(make_wallet, fund):
+    """funded_wallet("100.00", user=None, currency="USD") -> wallet id holding that balance."""
+
+    def make(amount: str = "100.00", *, user=None, currency: str = "USD") -> uuid.UUID:
+        wallet_id = make_wallet(user, currency)
+        fund(wallet_id, amount)
+        return wallet_id
+
+    return make
+
+
+@pytest.fixture
+def db_read(app):
+    """db_read(sql, **params) -> list of row mappings, through a fresh session."""
+
+    def read(sql: str, **params):
+        with app.app_context():
+            try:
+                return [dict(r) for r in db.session.execute(text(sql), params).mappings().all()]
+            finally:
+                db.session.remove()
+
+    return read
+
+
+@pytest.fixture
+def books(db_read):
+    return Books(db_read)
+
+
+class Books:
+    """The assertions' read-only view of money, events and everything else in the database."""
+
+    def __init__(self, read):
+        self.read = read
+
+    def _scalar(self, sql: str, **params):
+        rows = self.read(sql, **params)
+        return next(iter(rows[0].values())) if rows else None
+
+    def balance(self, wallet_id) -> Decimal:
+        """The cached balance column."""
+        return self._scalar("SELECT balance FROM wallets WHERE id = :w", w=wallet_id)
+
+    def entries_sum(self, wallet_id) -> Decimal:
+        return self._scalar("SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE wallet_id = :w", w=wallet_id)
+
+    def credits(self, wallet_id) -> int:
+        return self._scalar("SELECT count(*) FROM ledger_entries WHERE wallet_id = :w", w=wallet_id)
+
+    def system_balance(self, account: str, currency: str) -> Decimal:
+        return self._scalar("""SELECT coalesce(sum(e.amount), 0)
+                               FROM ledger_entries e JOIN wallets w ON w.id = e.wallet_id
+                               WHERE w.system_account = :a AND w.currency = :c""", a=account, c=currency)
+
+    def system_row_balance(self, account: str, currency: str) -> Decimal:
+        return self._scalar("SELECT balance FROM wallets WHERE system_account = :a AND currency = :c",
+                            a=account, c=currency)
+
+    def count(self, table: str) -> int:
+        return self._scalar(f"SELECT count(*) FROM {table}")
+
+    def unbalanced_transactions(self) -> int:
+        return self._scalar("""SELECT count(*) FROM (SELECT transaction_id FROM ledger_entries
+                               GROUP BY transaction_id, currency HAVING sum(amount) <> 0) t""")
+
+    def drifted_wallets(self) -> int:
+        """User wallets whose cached balance differs from SUM(entries)."""
+        return self._scalar("""SELECT count(*) FROM wallets w WHERE w.user_id IS NOT NULL AND w.balance <>
+                               (SELECT coalesce(sum(amount), 0) FROM ledger_entries e WHERE e.wallet_id = w.id)""")
+
+    def total(self, currency: str) -> Decimal:
+        return self._scalar("SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE currency = :c", c=currency)
+
+    def onramp(self, onramp_id) -> dict:
+        return self.read("SELECT * FROM onramp_transactions WHERE id = :i", i=onramp_id)[0]
+
+    def events(self) -> list[dict]:
+        return self.read("SELECT * FROM webhook_events ORDER BY received_at, id")
+
+    def event(self, event_id) -> dict:
+        return self.read("SELECT * FROM webhook_events WHERE id = :i", i=event_id)[0]

@@ -92,3 +92,8 @@ def init_request_logging(app: Flask) -> None:
     def unbind_request(_exc):
         # Threads are reused: the next request, or a job in this thread, must not inherit our ids.
         structlog.contextvars.clear_contextvars()
+
+
+def looks_secret(key: str) -> bool:
+    """True for a field name whose value must never be logged or stored (passwords, tokens, ...)."""
+    return bool(_SECRET_KEY.search(key))

@@ -41,7 +41,6 @@ def upgrade():
     sa.Column('user_agent', sa.String(length=255), nullable=True),
     sa.Column('request_id', sa.String(length=128), nullable=True),
     sa.Column('status_code', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['actor_id'], ['users.id'], name=op.f('fk_admin_access_log_actor_id_users'), ondelete='RESTRICT'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_admin_access_log'))
     )
     with op.batch_alter_table('admin_access_log', schema=None) as batch_op:

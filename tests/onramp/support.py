@@ -21,10 +21,8 @@ import psycopg2
 import pytest
 from redis import Redis
 from rq import Queue, SimpleWorker
-from sqlalchemy import text
 
 from tests.conftest import (TEST_JWT_SECRET, TEST_MOONPAY_SECRET, TEST_REFRESH_SECRET, TEST_WEBHOOK_SECRET)
-from wallet_api.extensions import db
 from wallet_api.onramp.signature import sign_webhook
 from wallet_api.queues import QUEUE_NAMES
 
@@ -146,54 +144,6 @@ def onramp(app, crypto_wallet):
             return session.transaction.id, wallet_id
 
     return make
-
-
-@pytest.fixture
-def db_read(app):
-    """db_read(sql, **params) -> list of row mappings, through a fresh session."""
-
-    def read(sql: str, **params):
-        with app.app_context():
-            try:
-                return [dict(r) for r in db.session.execute(text(sql), params).mappings().all()]
-            finally:
-                db.session.remove()
-
-    return read
-
-
-@pytest.fixture
-def books(db_read):
-    return Books(db_read)
-
-
-class Books:
-    """Assertions' view of money and events."""
-
-    def __init__(self, read):
-        self.read = read
-
-    def balance(self, wallet_id) -> Decimal:
-        return self.read("SELECT balance FROM wallets WHERE id = :w", w=wallet_id)[0]["balance"]
-
-    def entries_sum(self, wallet_id) -> Decimal:
-        return self.read("SELECT coalesce(sum(amount), 0) AS s FROM ledger_entries WHERE wallet_id = :w",
-                         w=wallet_id)[0]["s"]
-
-    def credits(self, wallet_id) -> int:
-        return self.read("SELECT count(*) AS n FROM ledger_entries WHERE wallet_id = :w", w=wallet_id)[0]["n"]
-
-    def onramp(self, onramp_id) -> dict:
-        return self.read("SELECT * FROM onramp_transactions WHERE id = :i", i=onramp_id)[0]
-
-    def events(self) -> list[dict]:
-        return self.read("SELECT * FROM webhook_events ORDER BY received_at, id")
-
-    def event(self, event_id) -> dict:
-        return self.read("SELECT * FROM webhook_events WHERE id = :i", i=event_id)[0]
-
-    def count(self, table: str) -> int:
-        return self.read(f"SELECT count(*) AS n FROM {table}")[0]["n"]
 
 
 @pytest.fixture

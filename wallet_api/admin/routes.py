@@ -6,9 +6,12 @@ from flask.views import MethodView
 from flask_jwt_extended import get_jwt_identity
 from flask_smorest import Blueprint
 
-from wallet_api.admin.schemas import (AdminWalletPageSchema, AdminWalletQuerySchema, AlertPageSchema, AlertQuerySchema,
-                                     AlertResolveSchema, AlertSchema, DlqEntrySchema, DlqPageSchema, DlqQuerySchema,
-                                     DlqResolveSchema, JobRunPageSchema, JobRunSchema, JobStatusPageSchema)
+from wallet_api.admin.schemas import (AccessLogPageSchema, AccessLogQuerySchema, AdminWalletPageSchema,
+                                     AdminWalletQuerySchema, AlertPageSchema, AlertQuerySchema, AlertResolveSchema,
+                                     AlertSchema, DlqEntrySchema, DlqPageSchema, DlqQuerySchema, DlqResolveSchema,
+                                     JobRunPageSchema, JobRunSchema, JobStatusPageSchema)
+from wallet_api.admin import access_log
+from wallet_api.admin.access_log import audited, close_access, open_access
 from wallet_api.alerts import service as alerts
 from wallet_api.auth.tokens import admin_required
 from wallet_api.extensions import limiter
@@ -23,6 +26,9 @@ from wallet_api.wallets.schemas import AdjustmentCreateSchema, AdjustmentSchema
 
 blp = Blueprint("admin", __name__, url_prefix="/admin", description="Operator actions (role ADMIN)")
 blueprints = [blp]
+# Every request to the admin area is recorded, refused ones included (wallet_api/admin/access_log.py).
+blp.before_request(open_access)
+blp.after_request(close_access)
 admin_limit = limiter.limit(limit_for("admin"))
 SECURITY = [{"bearerAuth": []}]
 
@@ -35,6 +41,7 @@ def _admin_id() -> uuid.UUID:
 class DeadLetters(MethodView):
     decorators = [admin_limit, admin_required]
 
+    @audited
     @blp.arguments(DlqQuerySchema, location="query")
     @blp.response(200, DlqPageSchema)
     @blp.doc(security=SECURITY)
@@ -48,6 +55,7 @@ class DeadLetters(MethodView):
 class ResolveDeadLetter(MethodView):
     decorators = [admin_limit, admin_required]
 
+    @audited
     @blp.arguments(DlqResolveSchema)
     @blp.response(200, DlqEntrySchema)
     @blp.alt_response(404, description="No such entry")
@@ -66,6 +74,7 @@ class ResolveDeadLetter(MethodView):
 class UnresolvedAlerts(MethodView):
     decorators = [admin_limit, admin_required]
 
+    @audited
     @blp.arguments(AlertQuerySchema, location="query")
     @blp.response(200, AlertPageSchema)
     @blp.doc(security=SECURITY)
@@ -79,6 +88,7 @@ class UnresolvedAlerts(MethodView):
 class AlertById(MethodView):
     decorators = [admin_limit, admin_required]
 
+    @audited
     @blp.response(200, AlertSchema)
     @blp.alt_response(404, description="No such alert")
     @blp.doc(security=SECURITY)
@@ -91,6 +101,7 @@ class AlertById(MethodView):
 class ResolveAlert(MethodView):
     decorators = [admin_limit, admin_required]
 
+    @audited
     @blp.arguments(AlertResolveSchema)
     @blp.response(200, AlertSchema)
     @blp.alt_response(404, description="No such alert")
@@ -108,6 +119,7 @@ class ResolveAlert(MethodView):
 class Jobs(MethodView):
     decorators = [admin_limit, admin_required]
 
+    @audited
     @blp.response(200, JobStatusPageSchema)
     @blp.doc(security=SECURITY)
     def get(self):
@@ -119,6 +131,7 @@ class Jobs(MethodView):
 class RunJob(MethodView):
     decorators = [admin_limit, admin_required]
 
+    @audited
     @blp.response(202, JobRunSchema)
     @blp.alt_response(404, description="No such job")
     @blp.alt_response(503, description="The job queue (Redis) is unavailable")
@@ -132,6 +145,7 @@ class RunJob(MethodView):
 class JobRuns(MethodView):
     decorators = [admin_limit, admin_required]
 
+    @audited
     @blp.arguments(PageQuerySchema, location="query")
     @blp.response(200, JobRunPageSchema)
     @blp.alt_response(404, description="No such job")
@@ -145,6 +159,7 @@ class JobRuns(MethodView):
 class JobRunById(MethodView):
     decorators = [admin_limit, admin_required]
 
+    @audited
     @blp.response(200, JobRunSchema)
     @blp.alt_response(404, description="No such run")
     @blp.doc(security=SECURITY)
@@ -160,6 +175,7 @@ class JobRunById(MethodView):
 class AdminWallets(MethodView):
     decorators = [admin_limit, admin_required]
 
+    @audited
     @blp.arguments(AdminWalletQuerySchema, location="query")
     @blp.response(200, AdminWalletPageSchema)
     @blp.doc(security=SECURITY)
@@ -167,6 +183,24 @@ class AdminWallets(MethodView):
         """User wallets of every user, newest first; `needs_reconciliation=true` for flagged ones"""
         return wallet_service.list_all_wallets(needs_reconciliation=query["needs_reconciliation"],
                                                limit=query["limit"], cursor=query["cursor"])
+
+
+# --------------------------------------------------------------------------- the access log
+
+
+@blp.route("/access-log")
+class AccessLog(MethodView):
+    decorators = [admin_limit, admin_required]
+
+    @audited
+    @blp.arguments(AccessLogQuerySchema, location="query")
+    @blp.response(200, AccessLogPageSchema)
+    @blp.doc(security=SECURITY)
+    def get(self, query):
+        """Every request to the admin area, allowed or refused, newest first (`admin_id`, `action`, `target`,
+        `since`)"""
+        return access_log.list_records(actor_id=query["admin_id"], action=query["action"], target_id=query["target"],
+                                       since=query["since"], limit=query["limit"], cursor=query["cursor"])
 
 
 # --------------------------------------------------------------------------- wallet adjustments
@@ -185,6 +219,7 @@ class AdminCredit(MethodView):
     decorators = [limiter.limit(limit_for("admin_emergency")), admin_required]
 
     @idempotent
+    @audited
     @blp.doc(**ADJUSTMENT_DOC)
     @blp.arguments(AdjustmentCreateSchema)
     @blp.response(201, AdjustmentSchema)
@@ -199,6 +234,7 @@ class AdminDebit(MethodView):
     decorators = [admin_limit, admin_required]
 
     @idempotent
+    @audited
     @blp.doc(**ADJUSTMENT_DOC)
     @blp.arguments(AdjustmentCreateSchema)
     @blp.response(201, AdjustmentSchema)

@@ -142,3 +142,34 @@ class AdminWalletSchema(Schema):
 
 
 AdminWalletPageSchema = page_schema(AdminWalletSchema, "AdminWalletPage")
+
+
+# --- the access log -------------------------------------------------------------------------------
+
+
+class AccessLogQuerySchema(PageQuerySchema):
+    admin_id = fields.UUID(load_default=None, metadata={"description": "Who called (the token's user)"})
+    action = fields.String(load_default=None, validate=validate.Length(min=1, max=128),
+                           metadata={"description": "The route's name, e.g. admin.ResolveAlert"})
+    target = fields.String(load_default=None, validate=validate.Length(min=1, max=255),
+                           metadata={"description": "The id in the path (wallet, alert, entry, job...)"})
+    since = fields.AwareDateTime(load_default=None, metadata={"description": "ISO 8601 with a time zone"})
+
+
+class AccessLogSchema(Schema):
+    id = fields.UUID(dump_only=True)
+    created_at = fields.DateTime(dump_only=True)
+    admin_id = fields.UUID(dump_only=True, allow_none=True, attribute="actor_id")
+    actor_role = fields.String(dump_only=True, allow_none=True)
+    action = fields.String(dump_only=True)
+    method = fields.String(dump_only=True)
+    path = fields.String(dump_only=True)
+    target_id = fields.String(dump_only=True, allow_none=True)
+    metadata = fields.Dict(dump_only=True, attribute="meta")
+    ip = fields.String(dump_only=True, allow_none=True)
+    user_agent = fields.String(dump_only=True, allow_none=True)
+    request_id = fields.String(dump_only=True, allow_none=True)
+    status_code = fields.Integer(dump_only=True)
+
+
+AccessLogPageSchema = page_schema(AccessLogSchema, "AccessLogPage")
