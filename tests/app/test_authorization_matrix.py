@@ -9,11 +9,11 @@ import pytest
 
 from tests.conftest import FACTORY_PASSWORD
 from tests.onramp.support import moonpay_event, post_webhook, signature_for, to_json
-from wallet_api.onramp.apply_job import process_event
 from wallet_api.alerts.models import AlertType
 from wallet_api.alerts.service import raise_alert
 from wallet_api.extensions import db
 from wallet_api.jobs.runner import run_job
+from wallet_api.onramp.apply_job import process_event
 
 PERSONAS = ("anonymous", "other", "user", "admin")
 OWNER_ONLY = {"anonymous": 401, "other": 404, "user": None, "admin": 404}   # None: the success status
