@@ -182,9 +182,10 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     """sha256 of method, path and the body as canonical JSON (key order and spacing do not matter)."""
     try:
         canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    except ValueError:  # not JSON (or empty): the raw bytes are the body
+    except (ValueError, RecursionError):  # not JSON (or empty, or absurdly deep): the raw bytes are the body
         canonical = "raw:" + body.hex()
-    return hashlib.sha256(f"{method.upper()}\n{path}\n{canonical}".encode()).hexdigest()
+    # surrogatepass: a lone surrogate in the body must hash, not crash; the route's schema refuses it next.
+    return hashlib.sha256(f"{method.upper()}\n{path}\n{canonical}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def claim(*, user_id: uuid.UUID, key: str, method: str, path: str, fingerprint: str) -> Claim | StoredResponse:

@@ -4,22 +4,39 @@ import uuid
 
 from flask.views import MethodView
 from flask_jwt_extended import get_jwt_identity
-from flask_smorest import Blueprint
 
-from wallet_api.admin.schemas import (AccessLogPageSchema, AccessLogQuerySchema, AdminWalletPageSchema,
-                                     AdminWalletQuerySchema, AlertPageSchema, AlertQuerySchema, AlertResolveSchema,
-                                     AlertSchema, DlqEntrySchema, DlqPageSchema, DlqQuerySchema, DlqResolveSchema,
-                                     JobRunPageSchema, JobRunSchema, JobStatusPageSchema)
 from wallet_api.admin import access_log
 from wallet_api.admin.access_log import audited, close_access, open_access
+from wallet_api.admin.schemas import (
+    AccessLogPageSchema,
+    AccessLogQuerySchema,
+    AdminWalletPageSchema,
+    AdminWalletQuerySchema,
+    AlertPageSchema,
+    AlertQuerySchema,
+    AlertResolveSchema,
+    AlertSchema,
+    DlqEntrySchema,
+    DlqPageSchema,
+    DlqQuerySchema,
+    DlqResolveSchema,
+    JobRunPageSchema,
+    JobRunSchema,
+    JobStatusPageSchema,
+)
 from wallet_api.alerts import service as alerts
 from wallet_api.auth.tokens import admin_required
 from wallet_api.extensions import limiter
-from wallet_api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent, request_reference
+from wallet_api.idempotency import (
+    IDEMPOTENCY_KEY_PARAMETER,
+    idempotent,
+    request_reference,
+)
 from wallet_api.jobs import service as jobs
 from wallet_api.onramp import dead_letters
 from wallet_api.pagination import Page, PageQuerySchema
 from wallet_api.ratelimit import limit_for
+from wallet_api.request_parsing import Blueprint
 from wallet_api.wallets import ledger
 from wallet_api.wallets import service as wallet_service
 from wallet_api.wallets.schemas import AdjustmentCreateSchema, AdjustmentSchema

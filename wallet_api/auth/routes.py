@@ -1,13 +1,18 @@
 from flask import request
 from flask.views import MethodView
 from flask_jwt_extended import get_jwt_identity, jwt_required
-from flask_smorest import Blueprint
 
 from wallet_api.auth import service
-from wallet_api.auth.schemas import LoginSchema, RegisterSchema, TokenPairSchema, UserSchema
+from wallet_api.auth.schemas import (
+    LoginSchema,
+    RegisterSchema,
+    TokenPairSchema,
+    UserSchema,
+)
 from wallet_api.errors import NotFound, Unauthorized
 from wallet_api.extensions import limiter
 from wallet_api.ratelimit import limit_for
+from wallet_api.request_parsing import Blueprint
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Registration, login and token rotation")
 blueprints = [blp]

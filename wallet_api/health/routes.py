@@ -2,11 +2,11 @@ import time
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 
 from wallet_api.extensions import limiter
 from wallet_api.health import service
+from wallet_api.request_parsing import Blueprint
 
 blp = Blueprint("health", __name__, description="Liveness and readiness probes")
 blueprints = [blp]

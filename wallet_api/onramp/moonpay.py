@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
 
 from wallet_api.onramp.models import OnrampStatus
+from wallet_api.request_parsing import unstorable_text
 
 PROVIDER = "moonpay"
 # Buy-widget webhook events (sell and identity-check events are not ours).
@@ -67,6 +68,8 @@ def _optional_str(name: str, value: Any, *, max_length: int | None = None) -> st
         return None
     if not isinstance(value, str):
         raise ValueError(f"{name}: expected a string, got {type(value).__name__}")
+    if unstorable_text(value):
+        raise ValueError(f"{name}: contains a NUL character or an unpaired UTF-16 surrogate")
     if max_length is not None and len(value) > max_length:
         raise ValueError(f"{name}: longer than {max_length} characters")
     return value or None

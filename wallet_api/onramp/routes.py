@@ -6,18 +6,23 @@ import structlog
 from flask import current_app, request
 from flask.views import MethodView
 from flask_jwt_extended import get_jwt_identity, jwt_required
-from flask_smorest import Blueprint
 
+from wallet_api.client_address import IpAllowlist
 from wallet_api.errors import ApiError, BadRequest, Forbidden, Unauthorized
 from wallet_api.extensions import limiter
 from wallet_api.metrics import record_webhook
-from wallet_api.client_address import IpAllowlist
 from wallet_api.onramp import intake, moonpay, service
-from wallet_api.onramp.schemas import (CreateSessionSchema, OnrampTransactionPageSchema, OnrampTransactionSchema,
-                                       SessionSchema, WebhookAckSchema)
+from wallet_api.onramp.schemas import (
+    CreateSessionSchema,
+    OnrampTransactionPageSchema,
+    OnrampTransactionSchema,
+    SessionSchema,
+    WebhookAckSchema,
+)
 from wallet_api.onramp.signature import SignatureError, verify_webhook_signature
 from wallet_api.pagination import PageQuerySchema
 from wallet_api.ratelimit import limit_for
+from wallet_api.request_parsing import Blueprint
 
 log = structlog.get_logger(__name__)
 

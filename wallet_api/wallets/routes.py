@@ -3,15 +3,24 @@ import uuid
 
 from flask.views import MethodView
 from flask_jwt_extended import get_jwt_identity, jwt_required
-from flask_smorest import Blueprint
 
 from wallet_api.extensions import limiter
+from wallet_api.idempotency import (
+    IDEMPOTENCY_KEY_PARAMETER,
+    idempotent,
+    request_reference,
+)
 from wallet_api.pagination import PageQuerySchema
 from wallet_api.ratelimit import limit_for
+from wallet_api.request_parsing import Blueprint
 from wallet_api.wallets import service
-from wallet_api.idempotency import IDEMPOTENCY_KEY_PARAMETER, idempotent, request_reference
-from wallet_api.wallets.schemas import (LedgerPageSchema, TransferCreateSchema, TransferSchema,
-                                        WalletCreateSchema, WalletSchema)
+from wallet_api.wallets.schemas import (
+    LedgerPageSchema,
+    TransferCreateSchema,
+    TransferSchema,
+    WalletCreateSchema,
+    WalletSchema,
+)
 
 blp = Blueprint("wallets", __name__, description="Wallets (one per currency) and their ledger")
 transfers_blp = Blueprint("transfers", __name__, url_prefix="/transfers",
