@@ -302,8 +302,11 @@ def restore_test(*, settings: Settings, check_ledger: CheckLedger, migrations_di
                  source: str | None = None, progress: Progress = _quiet) -> dict:
     """Back up (unless `source` names a backup to test), restore into a scratch database on the same
     server, verify, drop the scratch database. Raises RestoreTestFailed when the restore does not verify."""
-    for leftover in postgres.databases_like(settings.database_url, SCRATCH_PREFIX):
-        # The restore-test lock is ours: a scratch database left now is an earlier run's that was killed.
+    # Scratch databases are named after the database they test (a short hash of its name), so runs for
+    # other databases on the server are never touched; for this one we hold the restore-test lock, so a
+    # scratch database found now was left by an earlier run that was killed.
+    prefix = f"{SCRATCH_PREFIX}{hashlib.sha256(postgres.database_name(settings.database_url).encode()).hexdigest()[:8]}_"
+    for leftover in postgres.databases_like(settings.database_url, prefix):
         progress(f"Dropping {leftover}, left by an interrupted restore test.")
         postgres.drop(settings.database_url, leftover)
     if source is None:
@@ -311,7 +314,7 @@ def restore_test(*, settings: Settings, check_ledger: CheckLedger, migrations_di
         if outcome["status"] != RunStatus.SUCCEEDED:
             raise BackupError(f"Could not take a backup to test: {outcome.get('skipped', outcome['status'])}")
         source = outcome["uploaded_to"] or str(Path(settings.backup_dir) / outcome["file"])
-    scratch = f"{SCRATCH_PREFIX}{utcnow():%Y%m%d%H%M%S}_{os.getpid()}"
+    scratch = f"{prefix}{utcnow():%Y%m%d%H%M%S}"
     try:
         report = restore(settings=settings, source=source, into=scratch, check_ledger=check_ledger,
                          migrations_dir=migrations_dir, progress=progress)
