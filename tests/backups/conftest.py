@@ -10,6 +10,8 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
+import boto3
+import pgserver
 import psycopg2
 import pytest
 from moto.server import ThreadedMotoServer
@@ -40,8 +42,6 @@ def pg_bin_dir(settings) -> str | None:
         match = re.search(r"\(PostgreSQL\)\s+(\d+)", version)
         if match and int(match.group(1)) >= server_major:
             return None
-    import pgserver  # noqa: PLC0415 - only machines without a fitting client need the embedded one
-
     return str(Path(pgserver.__file__).parent / "pginstall" / "bin")
 
 
@@ -89,8 +89,6 @@ def s3_endpoint():
 @pytest.fixture
 def s3_settings(s3_endpoint):
     """Settings overrides for a fresh bucket on the local S3 server, and a boto3 client to look at it."""
-    import boto3  # noqa: PLC0415
-
     bucket = f"wallet-backups-{uuid.uuid4().hex[:12]}"
     overrides = dict(backup_s3_bucket=bucket, backup_s3_prefix="prod/db/", backup_s3_endpoint_url=s3_endpoint,
                      backup_s3_region="us-east-1", aws_access_key_id="test-access-key",

@@ -15,6 +15,7 @@ from flask import Flask, current_app
 from wallet_api.backups import service
 from wallet_api.backups.service import BACKUP_JOB, RESTORE_TEST_JOB, BackupError, CheckLedger, RestoreReport
 from wallet_api.config import Settings
+from wallet_api.errors import describe_exception
 from wallet_api.jobs.models import RunStatus, Trigger
 from wallet_api.jobs.runner import run_job
 
@@ -55,8 +56,8 @@ def register(app: Flask, *, check_ledger: LedgerCheckFactory) -> None:
             report = service.restore(settings=settings, source=source, into=into,
                                      check_ledger=check_ledger(settings), migrations_dir=migrations_dir(),
                                      overwrite=overwrite, privileges=not no_privileges, progress=_progress)
-        except (BackupError, ValueError) as exc:
-            click.echo(f"Restore failed: {exc}", err=True)
+        except Exception as exc:  # noqa: BLE001 - the operator gets one line and exit status 1
+            click.echo(f"Restore failed: {_reason(exc)}", err=True)
             sys.exit(1)
         _echo_report(report)
         sys.exit(0 if report.ok else 1)
@@ -78,13 +79,18 @@ def _run(name: str, work) -> dict:
     """Run `work` as a recorded CLI job run; exit 1 (the run recorded as failed, JOB_CRASH raised) on failure."""
     try:
         outcome = run_job(name, work, trigger=Trigger.CLI)
-    except (BackupError, ValueError) as exc:
-        click.echo(f"{name} failed: {exc}", err=True)
+    except Exception as exc:  # noqa: BLE001 - recorded and alerted by run_job; the operator gets one line
+        click.echo(f"{name} failed: {_reason(exc)}", err=True)
         sys.exit(1)
     if outcome["status"] != RunStatus.SUCCEEDED:
         click.echo(f"{name} did not run: {outcome.get('skipped', outcome['status'])}", err=True)
         sys.exit(1)
     return outcome
+
+
+def _reason(exc: Exception) -> str:
+    """Our own errors say it all; anything else (a database or S3 error) is named with its type."""
+    return str(exc) if isinstance(exc, (BackupError, ValueError)) else describe_exception(exc)
 
 
 def _echo_report(report: RestoreReport) -> None:

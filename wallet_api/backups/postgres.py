@@ -17,12 +17,12 @@ from typing import IO
 
 import psycopg2
 from alembic.config import Config
-from flask import Flask
-from sqlalchemy import URL
-from sqlalchemy.pool import NullPool
 from alembic.script import ScriptDirectory
+from flask import Flask
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
+from sqlalchemy import URL
+from sqlalchemy.pool import NullPool
 
 from wallet_api.config import normalise_database_url
 from wallet_api.extensions import db

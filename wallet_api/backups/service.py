@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, IO
+from typing import IO, BinaryIO
 
 from wallet_api.backups import crypto, postgres
 from wallet_api.backups.storage import LocalStore, S3Store, backup_name, expired
@@ -305,7 +305,8 @@ def restore_test(*, settings: Settings, check_ledger: CheckLedger, migrations_di
     # Scratch databases are named after the database they test (a short hash of its name), so runs for
     # other databases on the server are never touched; for this one we hold the restore-test lock, so a
     # scratch database found now was left by an earlier run that was killed.
-    prefix = f"{SCRATCH_PREFIX}{hashlib.sha256(postgres.database_name(settings.database_url).encode()).hexdigest()[:8]}_"
+    source_name = postgres.database_name(settings.database_url)
+    prefix = f"{SCRATCH_PREFIX}{hashlib.sha256(source_name.encode()).hexdigest()[:8]}_"
     for leftover in postgres.databases_like(settings.database_url, prefix):
         progress(f"Dropping {leftover}, left by an interrupted restore test.")
         postgres.drop(settings.database_url, leftover)
