@@ -1,12 +1,17 @@
 """Operator commands (`flask --app wsgi <command>`); each calls a service, never SQL of its own."""
 from __future__ import annotations
 
+import functools
+
 import click
 from flask import Flask
 
 from wallet_api.auth.schemas import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH, normalise_email
+from wallet_api.backups import cli as backups_cli
+from wallet_api.config import Settings
 from wallet_api.onramp import cli as onramp_cli
 from wallet_api.reconciliation import cli as reconciliation_cli
+from wallet_api.reconciliation.restore_check import check_restored_ledger
 
 
 def register_cli(app: Flask) -> None:
@@ -33,6 +38,12 @@ def register_cli(app: Flask) -> None:
 
     for module in CLI_MODULES:
         module.register(app)
+    # Backups sit below the domains; a restore's ledger check is reconciliation's, handed in here.
+    backups_cli.register(app, check_ledger=_restored_ledger_check)
+
+
+def _restored_ledger_check(settings: Settings):
+    return functools.partial(check_restored_ledger, statement_timeout_ms=settings.reconciliation_statement_timeout_ms)
 
 
 # Domain modules that add commands, each with `register(app)`.

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from environs import Env, EnvValidationError
-from sqlalchemy.engine import make_url
 from marshmallow.validate import Length, OneOf, Range
+from sqlalchemy.engine import make_url
 
+from wallet_api.backups.crypto import InvalidKey, parse_key
 from wallet_api.client_address import IpAllowlist
 from wallet_api.secrets_policy import weakness
 
@@ -99,10 +100,24 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = False
     version: str = "0.1.0"
+    backup_encryption_key: str | None = None
+    backup_s3_bucket: str | None = None
+    backup_s3_prefix: str = "backups/"
+    backup_s3_endpoint_url: str | None = None
+    backup_s3_region: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    backup_job_timeout_seconds: int = 4 * 3600
+    backup_pg_bin_dir: str | None = None
 
     @property
     def is_production(self) -> bool:
         return self.app_env == "production"
+
+    @property
+    def backups_configured(self) -> bool:
+        """Backups can run (and the daily job is scheduled): BACKUP_ENCRYPTION_KEY is set."""
+        return bool(self.backup_encryption_key)
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -162,6 +177,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problem("CORS_ALLOWED_ORIGINS", "'*' is not allowed; list origins.")
     if in_production and values["log_level"] == "DEBUG":
         problem("LOG_LEVEL", "DEBUG is refused in production: debug lines may carry request data.")
+    if values["backup_s3_bucket"] and not values["backup_encryption_key"]:
+        problem("BACKUP_ENCRYPTION_KEY", "Required when BACKUP_S3_BUCKET is set: backups are never stored unencrypted.")
     for name, spec in (("WEBHOOK_ALLOWED_IPS", values["webhook_allowed_ips"]),
                        ("TRUSTED_PROXY_CIDRS", values["trusted_proxy_cidrs"])):
         try:
@@ -189,9 +206,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     rate_limits = RateLimits(**values.pop("rate_limits"))
     values["cors_allowed_origins"] = tuple(values["cors_allowed_origins"] or ())
-    values["alert_webhook_url"] = values["alert_webhook_url"] or None
-    values["migration_database_url"] = values["migration_database_url"] or None
-    values["metrics_token"] = values["metrics_token"] or None
+    for name in _OPTIONAL_STRINGS:
+        values[name] = values[name] or None
     for name in ("alert_credit_spike_threshold", "alert_credit_spike_user_threshold"):
         values[name] = Decimal(values[name])
     return Settings(rate_limits=rate_limits, **values)
@@ -296,8 +312,44 @@ def _declare(env: Env) -> dict:
         backup_retention_days=env.int("BACKUP_RETENTION_DAYS", 30, validate=positive),
         log_level=env.str("LOG_LEVEL", "INFO", validate=OneOf(["DEBUG", "INFO", "WARNING", "ERROR"])),
         log_json=env.bool("LOG_JSON", in_production),
+        backup_encryption_key=env.str("BACKUP_ENCRYPTION_KEY", "", validate=_backup_key),
+        backup_s3_bucket=env.str("BACKUP_S3_BUCKET", ""),
+        backup_s3_prefix=env.str("BACKUP_S3_PREFIX", default("backup_s3_prefix"), validate=_s3_prefix),
+        backup_s3_endpoint_url=env.str("BACKUP_S3_ENDPOINT_URL", "", validate=_url_scheme("http", "https")),
+        backup_s3_region=env.str("BACKUP_S3_REGION", ""),
+        aws_access_key_id=env.str("AWS_ACCESS_KEY_ID", ""),
+        aws_secret_access_key=env.str("AWS_SECRET_ACCESS_KEY", ""),
+        backup_job_timeout_seconds=env.int("BACKUP_JOB_TIMEOUT_SECONDS", default("backup_job_timeout_seconds"),
+                                           validate=positive),
+        backup_pg_bin_dir=env.str("BACKUP_PG_BIN_DIR", ""),
     )
     return values
+
+
+# Optional settings whose unset (empty) value is None.
+# Set or None: an empty value is no value.
+_OPTIONAL_STRINGS = ("alert_webhook_url", "migration_database_url", "metrics_token", "backup_encryption_key",
+                     "backup_s3_bucket", "backup_s3_endpoint_url", "backup_s3_region", "aws_access_key_id",
+                     "aws_secret_access_key", "backup_pg_bin_dir")
+
+
+def _backup_key(value: str) -> bool:
+    from marshmallow import ValidationError
+
+    if value:
+        try:
+            parse_key(value)
+        except InvalidKey as exc:  # its message describes the format and never repeats the value
+            raise ValidationError(str(exc)) from None
+    return True
+
+
+def _s3_prefix(value: str) -> bool:
+    from marshmallow import ValidationError
+
+    if value.startswith("/") or (value and not value.endswith("/")):
+        raise ValidationError("A key prefix such as 'backups/' or 'prod/wallet/': no leading '/', ending with '/'.")
+    return True
 
 
 def _url_scheme(*schemes: str):

@@ -62,8 +62,9 @@ def grant_app_privileges(connection: Connection, app_role: str) -> list[str]:
         connection.execute(text(f'REVOKE ALL ON TABLE "{table}" FROM {role}'))
         connection.execute(text(f'GRANT {", ".join(privileges)} ON TABLE "{table}" TO {role}'))
         granted.append(table)
-    # Identity columns draw from sequences owned by their table; USAGE lets the role insert.
-    connection.execute(text(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"))
+    # Identity columns draw from sequences owned by their table: USAGE lets the role insert, SELECT lets
+    # the daily backup (pg_dump, run by a worker as this role) read their position.
+    connection.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"))
     return granted
 
 

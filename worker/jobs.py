@@ -9,9 +9,11 @@ from __future__ import annotations
 import uuid
 
 import structlog
+from flask import current_app
 from rq import get_current_job
 
 from wallet_api.alerts import notify
+from wallet_api.backups.service import backup_job
 from wallet_api.idempotency import purge_expired
 from wallet_api.jobs.models import Trigger
 from wallet_api.jobs.runner import run_job
@@ -84,6 +86,15 @@ def purge_idempotency_keys(run_id: str | None = None, trigger: str = Trigger.SCH
 def alert_notifications(run_id: str | None = None, trigger: str = Trigger.SCHEDULED) -> dict:
     """Periodic: post critical and high alerts whose notification never went out."""
     return _periodic("alert-notifications", notify.sweep_unnotified, run_id, trigger)
+
+
+def backup(run_id: str | None = None, trigger: str = Trigger.SCHEDULED) -> dict:
+    """Periodic (daily, when BACKUP_ENCRYPTION_KEY is set): encrypted pg_dump to BACKUP_DIR and S3; prune."""
+    def work() -> dict:
+        return backup_job(settings=current_app.config["SETTINGS"],
+                          progress=lambda message: log.info("backup_progress", detail=message.strip()))
+
+    return _periodic("backup", work, run_id, trigger)
 
 
 def notify_alerts(alert_ids: list[str]) -> int:

@@ -105,13 +105,14 @@ def test_admins_see_every_periodic_job_with_interval_last_run_and_next_run(app, 
     body = client.get("/admin/jobs", headers=auth_headers(admin)).get_json()
     jobs = {job["name"]: job for job in body["items"]}
     assert set(jobs) == {"wallet-reconciliation", "provider-reconciliation", "webhook-retry", "idempotency-purge",
-                         "alert-notifications"}
+                         "alert-notifications", "backup"}
     retry = jobs["webhook-retry"]
     assert retry["interval_seconds"] == 300 and retry["enabled"]
     assert retry["last_run"]["status"] == "failed" and "boom" in retry["last_run"]["error"]
     assert retry["last_success_at"] is not None and retry["next_run_at"] is not None
     assert jobs["wallet-reconciliation"]["interval_seconds"] == 900 and jobs["wallet-reconciliation"]["last_run"] is None
     assert jobs["alert-notifications"]["enabled"] is False
+    assert jobs["backup"]["enabled"] is False and jobs["backup"]["interval_seconds"] == 86400
 
 
 def test_an_admin_runs_a_job_now_and_follows_its_run(app, client, admin, auth_headers, run_jobs, redis_client):

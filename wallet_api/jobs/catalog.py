@@ -55,9 +55,15 @@ PERIODIC_JOBS: tuple[JobSpec, ...] = (
             description="Post critical and high alerts whose notification never went out (ALERT_WEBHOOK_URL).",
             interval=lambda s: s.webhook_retry_interval_seconds,
             enabled=lambda s: bool(s.alert_webhook_url)),
+    JobSpec(name="backup", func="worker.jobs.backup",
+            description="pg_dump, encrypted (BACKUP_ENCRYPTION_KEY) into BACKUP_DIR and S3 when configured; "
+                        "prunes backups past BACKUP_RETENTION_DAYS.",
+            interval=lambda s: 24 * 3600,
+            timeout=lambda s: s.backup_job_timeout_seconds,
+            enabled=lambda s: s.backups_configured),
 )
 # Run only from the CLI, but recorded like the others.
-CLI_JOBS = ("reconcile-balance",)
+CLI_JOBS = ("reconcile-balance", "restore-test")
 BY_NAME = {job.name: job for job in PERIODIC_JOBS}
 
 
