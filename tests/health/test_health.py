@@ -9,7 +9,8 @@ from sqlalchemy import text
 from wallet_api.extensions import db
 from wallet_api.health import service
 
-ALL_CHECKS = {"database", "migrations", "redis", "secrets", "database_privileges", "database_tls", "periodic_jobs"}
+ALL_CHECKS = {"database", "migrations", "redis", "secrets", "database_privileges", "database_tls", "periodic_jobs",
+              "backups"}
 
 
 def ready(app):
@@ -114,3 +115,23 @@ def test_probes_are_never_rate_limited(make_settings_app, path):
     app = make_settings_app(ratelimit_enabled=True, rate_limits=RateLimits(wallet_read="1/minute"))
     client = app.test_client()
     assert all(client.get(path).status_code in (200, 503) for _ in range(5))
+
+
+def test_backups_must_be_configured_recent_and_restore_tested(app, make_settings_app):
+    from wallet_api.backups.crypto import generate_key
+
+    status, body = ready(make_settings_app(app_env="production", cors_allowed_origins=("https://a.example",)))
+    assert "backups" in body["failing"] and "not configured" in body["checks"]["backups"]["detail"]
+    configured = make_settings_app(backup_encryption_key=generate_key()[0])
+    status, body = ready(configured)
+    assert status == 503 and body["failing"] == ["backups"]
+    assert "no successful backup since never" in body["checks"]["backups"]["detail"]
+    with app.app_context():
+        for job in ("backup", "restore-test"):
+            db.session.execute(text(
+                "INSERT INTO job_runs (id, job_name, trigger, status, started_at, finished_at) VALUES "
+                "(gen_random_uuid(), :j, 'cli', 'succeeded', now(), now())"), {"j": job})
+        db.session.commit()
+        db.session.remove()
+    status, body = ready(configured)
+    assert status == 200 and "local disk only" in body["checks"]["backups"]["detail"]

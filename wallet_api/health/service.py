@@ -14,6 +14,8 @@ code's migration head is read once per process, the database's with one SELECT.
 - database_tls: the connection is encrypted, where DATABASE_TLS_REQUIRED (production default).
 - periodic_jobs: every enabled periodic job succeeded within twice its interval (a job that
   never ran fails only once this process has been up that long).
+- backups: configured (required in production), a successful backup within a day, and a
+  successful restore test within 90 days (wallet_api/backups/status.py).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from flask import current_app
 from redis import Redis
 from sqlalchemy import func, select, text
 
+from wallet_api.backups.status import backup_status
 from wallet_api.db_roles import role_problems
 from wallet_api.db_types import utcnow
 from wallet_api.extensions import db
@@ -163,6 +166,28 @@ def _periodic_jobs() -> str:
     return f"{len(jobs)} jobs on schedule"
 
 
+def _backups() -> str:
+    settings = current_app.config["SETTINGS"]
+    status = backup_status(settings=settings)
+    if not status.configured:
+        if settings.is_production:
+            raise Failed("backups are not configured (BACKUP_ENCRYPTION_KEY, BACKUP_S3_BUCKET)")
+        return "not configured"
+    problems = []
+    if status.backup_overdue:
+        problems.append(f"no successful backup since {_when(status.last_backup_at)}")
+    if status.restore_test_due:
+        problems.append(f"no successful restore test within 90 days (last: {_when(status.last_restore_test_at)})")
+    if problems:
+        raise Failed("; ".join(problems))
+    where = "offsite" if status.offsite else "local disk only"
+    return f"last backup {_when(status.last_backup_at)} ({where}); last restore test {_when(status.last_restore_test_at)}"
+
+
+def _when(moment: dt.datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment else "never"
+
+
 CHECKS: dict[str, Callable[[], str]] = {
     "database": _database,
     "migrations": _migrations,
@@ -171,4 +196,5 @@ CHECKS: dict[str, Callable[[], str]] = {
     "database_privileges": _database_privileges,
     "database_tls": _database_tls,
     "periodic_jobs": _periodic_jobs,
+    "backups": _backups,
 }
