@@ -313,6 +313,7 @@ class Run:
     server_cpu_s: float
     client_cpu_s: float
     baseline_tps: float | None = None
+    profile: dict[str, int] | None = None
 
     @property
     def rate(self) -> float:
@@ -337,7 +338,40 @@ class Run:
         return self.rate / self.baseline_tps if self.baseline_tps else None
 
 
-def run_scenario(port: int, master: int, scenario: str, clients: int, slots: list[Slot], seconds: float) -> Run:
+# Where a sampled stack's time goes: the first bucket, from the innermost frame outwards, whose marker
+# is in a frame's file. Standard-library frames (json, uuid, socket ...) count for their caller.
+PROFILE_BUCKETS = (
+    ("logging", ("structlog/", "logging/", "wallet_api/logging.py")),
+    ("metrics", ("prometheus_client/", "wallet_api/metrics.py")),
+    ("JWT", ("jwt/", "flask_jwt_extended/")),
+    ("schemas (marshmallow, webargs, smorest)", ("marshmallow/", "webargs/", "flask_smorest/", "apispec/")),
+    ("SQLAlchemy + psycopg2", ("sqlalchemy/", "flask_sqlalchemy/", "psycopg2/")),
+    ("Redis + RQ", ("redis/", "rq/")),
+    ("gunicorn (HTTP, threads)", ("gunicorn/",)),
+    ("Flask, Werkzeug, CORS, limiter", ("flask/", "werkzeug/", "flask_cors/", "flask_limiter/", "limits/")),
+    ("app code (wallet_api)", ("wallet_api/",)),
+)
+
+
+def profile_buckets(raw: str) -> dict[str, int]:
+    """Samples per bucket of a py-spy raw (collapsed stacks) file."""
+    counts: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        bucket = "other"
+        for frame in reversed(stack.split(";")):
+            found = next((name for name, markers in PROFILE_BUCKETS if any(m in frame for m in markers)), None)
+            if found:
+                bucket = found
+                break
+        counts[bucket] = counts.get(bucket, 0) + int(count)
+    return counts
+
+
+def run_scenario(port: int, master: int, scenario: str, clients: int, slots: list[Slot], seconds: float,
+                 profile: Path | None = None) -> Run:
     context = multiprocessing.get_context("fork")
     out = context.Queue()
     measure_from = time.time() + 0.5 + WARMUP_SECONDS  # 0.5 s to start the processes and connect
@@ -348,8 +382,16 @@ def run_scenario(port: int, master: int, scenario: str, clients: int, slots: lis
         process.start()
     time.sleep(max(0.0, measure_from - time.time()))
     cpu_before = server_cpu_seconds(master)
+    spy = None
+    if profile is not None:
+        spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(master), "--subprocesses", "--gil",
+                                "--nonblocking", "--rate", "200", "--format", "raw", "--duration",
+                                str(max(1, int(seconds))), "--output", str(profile)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(max(0.0, until - time.time()))
     cpu_after = server_cpu_seconds(master)
+    if spy is not None:
+        spy.wait(timeout=60)
     results = [out.get(timeout=120) for _ in processes]
     for process in processes:
         process.join(timeout=30)
@@ -420,6 +462,16 @@ def print_report(runs: list[Run], *, baseline: Path | None, config: str, seconds
                   f"{(f'{tps:.0f}' if tps else '-'):>8} {(f'{ratio:.3f}' if ratio is not None else '-'):>6}")
     print("\nratio: req/s over the baseline's tx/s at the same client count, in the same round. srv ms/req: CPU of"
           "\nthe gunicorn processes per request; cli ms/req: the load generator's CPU per request (same cores).")
+    profiled = [run for run in runs if run.profile]
+    if profiled:
+        print("\nWhere the server's CPU went (py-spy samples of gunicorn threads holding the GIL, innermost known frame; "
+              "ms per request = share of samples x srv ms/req):")
+        for run in profiled:
+            total = sum(run.profile.values())
+            print(f"\n  round {run.round}, {run.scenario}, {run.clients} clients: {total} samples, "
+                  f"{run.server_ms:.2f} ms CPU per request")
+            for bucket, n in sorted(run.profile.items(), key=lambda item: -item[1]):
+                print(f"    {bucket:<42} {n / total:>6.1%} {n / total * run.server_ms:>7.3f} ms")
 
 
 def check_books(database_url: str) -> str:
@@ -459,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-db", type=int, default=int(os.environ.get("BENCH_REDIS_DB", "12")),
                         help="Redis db of the local server to use and flush (default 12, or $BENCH_REDIS_DB)")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the scratch database")
+    parser.add_argument("--py-spy", type=Path, metavar="DIR",
+                        help="record each run's gunicorn processes with py-spy (pip install py-spy; it slows them "
+                             "a little) into DIR as collapsed stacks, and print where the CPU went")
     args = parser.parse_args(argv)
     quick = {"seconds": 3, "rounds": 1, "clients": "1,16"} if args.quick else {}
     for name, default in (("seconds", 8), ("rounds", 3), ("clients", "1,4,8,16")):
@@ -508,8 +563,14 @@ def main(argv: list[str] | None = None) -> int:
                     tps = run_baseline(baseline, count, args.seconds)
                 for scenario in scenarios:
                     note(f"round {round_no}: {scenario}, {count} clients ...")
-                    run = run_scenario(port, web.pid, scenario, count, slots, args.seconds)
+                    profile = None
+                    if args.py_spy is not None:
+                        args.py_spy.mkdir(parents=True, exist_ok=True)
+                        profile = args.py_spy / f"{scenario}-{count}-round{round_no}.txt"
+                    run = run_scenario(port, web.pid, scenario, count, slots, args.seconds, profile)
                     run.round, run.baseline_tps = round_no, tps
+                    if profile is not None and profile.exists():
+                        run.profile = profile_buckets(profile.read_text())
                     runs.append(run)
                     redis.flushdb()  # enqueued webhook jobs: no worker runs here
         stop(web)
