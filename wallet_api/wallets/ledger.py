@@ -53,6 +53,13 @@ Transaction ownership
     idempotent replay leaves the caller's transaction usable; the wallet locks are held until the
     caller commits or rolls back.
 
+Lost connections
+    The app does not ping a pooled connection before using it (wallet_api/database.py). When an
+    owned transaction finds its connection dead before COMMIT was sent, it wrote nothing, so it
+    is started again once on a new connection; a disconnect during COMMIT is raised (the key makes
+    the caller's retry safe). With `commit=False` the caller's transaction is lost with the
+    connection, so nothing is retried.
+
 Exact arithmetic: amounts are `Decimal`s validated against the wallet's currency precision, and
 sums are computed in `amounts.MONEY_CONTEXT`, which raises rather than rounds.
 """
@@ -69,10 +76,11 @@ from decimal import Decimal
 import structlog
 from flask import current_app
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from wallet_api import metrics
+from wallet_api.database import lost_before_commit
 from wallet_api.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable, field_error
 from wallet_api.extensions import db
 from wallet_api.wallets import amounts
@@ -289,8 +297,8 @@ def _counter_key(key: str, move: _Movement, counter_wallet_id: uuid.UUID) -> str
     return f"{prefix}:{counter_wallet_id}:{OPPOSITE[action]}"
 
 
-# The write path is three round trips: 1. lock timeout, row locks, then the locked rows and the
-# idempotency lookup; 2. every insert and balance update; 3. COMMIT. The two statements are plain
+# The write path is three round trips after psycopg2's BEGIN: 1. lock timeout, row locks, then the
+# locked rows and the idempotency lookup; 2. every insert and balance update; 3. COMMIT. The two statements are plain
 # driver SQL (psycopg2's %(name)s parameters) run with exec_driver_sql: no compilation per call, and
 # SQLAlchemy still wraps errors (OperationalError, IntegrityError) and handles disconnects.
 #
@@ -339,7 +347,7 @@ _CURRENT_LOCK_TIMEOUT = text("SELECT current_setting('lock_timeout')")
 def _run_owned(session: Session, move: _Movement) -> LedgerResult:
     """commit=True: this function's transaction, committed here, rolled back on any failure."""
     try:
-        result = _apply(session, move)
+        result = _apply_reconnecting(session, move)
         session.commit()
         return result
     except IntegrityError as exc:
@@ -353,6 +361,24 @@ def _run_owned(session: Session, move: _Movement) -> LedgerResult:
     except BaseException:
         session.rollback()
         raise
+
+
+def _apply_reconnecting(session: Session, move: _Movement) -> LedgerResult:
+    """`_apply`, started once more on a new connection when the connection died before COMMIT.
+
+    A transaction whose connection is lost before COMMIT wrote nothing, so starting it again is
+    safe; when the session already had a transaction of the caller's, that work is gone too and
+    the error is raised instead (see wallet_api/database.py).
+    """
+    fresh = not session.in_transaction()
+    try:
+        return _apply(session, move)
+    except DBAPIError as exc:
+        if not (fresh and lost_before_commit(exc)):
+            raise
+    session.rollback()
+    log.warning("ledger_retried_after_disconnect", operation=move.operation)
+    return _apply(session, move)
 
 
 def _run_nested(session: Session, move: _Movement) -> LedgerResult:
