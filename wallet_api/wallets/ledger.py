@@ -75,7 +75,7 @@ from decimal import Decimal
 
 import structlog
 from flask import current_app
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -205,11 +205,12 @@ def get_transaction(*, transaction_id: uuid.UUID | None = None,
     return dataclasses.replace(found, replayed=False) if found else None
 
 
+_DERIVED_BALANCE = text("SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE wallet_id = :w")
+
+
 def derived_balance(*, wallet_id: uuid.UUID) -> Decimal:
     """SUM(entries) of a wallet: the truth for every wallet, and the only balance of a system wallet."""
-    total = db.session.execute(
-        text("SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE wallet_id = :w"),
-        {"w": wallet_id}).scalar_one()
+    total = db.session.execute(_DERIVED_BALANCE, {"w": wallet_id}).scalar_one()
     return Decimal(total)
 
 
@@ -500,15 +501,20 @@ def _replay_after_conflict(session: Session, move: _Movement, exc: IntegrityErro
     return found
 
 
-def _load_transaction(session: Session, *, transaction_id: uuid.UUID | None = None,
-                      idempotency_key: str | None = None) -> LedgerResult | None:
-    where = "t.id = :v" if transaction_id is not None else "t.idempotency_key = :v"
-    rows = session.execute(text(f"""
+_TRANSACTION_BY = {
+    column: text(f"""
         SELECT t.id, t.kind, t.currency, t.amount, t.reference, t.created_at,
                e.id AS entry_id, e.wallet_id, e.amount AS entry_amount, e.balance_after
         FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id
-        WHERE {where} ORDER BY e.id"""), {"v": transaction_id if transaction_id is not None else idempotency_key}
-    ).all()
+        WHERE t.{column} = :v ORDER BY e.id""")
+    for column in ("id", "idempotency_key")}
+
+
+def _load_transaction(session: Session, *, transaction_id: uuid.UUID | None = None,
+                      idempotency_key: str | None = None) -> LedgerResult | None:
+    by_id = transaction_id is not None
+    rows = session.execute(_TRANSACTION_BY["id" if by_id else "idempotency_key"],
+                           {"v": transaction_id if by_id else idempotency_key}).all()
     if not rows:
         return None
     first = rows[0]
@@ -520,14 +526,18 @@ def _load_transaction(session: Session, *, transaction_id: uuid.UUID | None = No
         created_at=first.created_at)
 
 
+_SYSTEM_WALLET = select(_wallets.c.id).where(_wallets.c.system_account == bindparam("account"),
+                                             _wallets.c.currency == bindparam("currency"))
+
+
 def _system_wallet_id(session: Session, account: str, currency: str) -> uuid.UUID:
     if account not in SystemAccount.ALL:
         raise ValueError(f"unknown system account {account!r}")
-    query = select(_wallets.c.id).where(_wallets.c.system_account == account, _wallets.c.currency == currency)
-    found = session.execute(query).scalar_one_or_none()
+    params = {"account": account, "currency": currency}
+    found = session.execute(_SYSTEM_WALLET, params).scalar_one_or_none()
     if found is None:
         ensure_system_wallets(session)
-        found = session.execute(query).scalar_one()
+        found = session.execute(_SYSTEM_WALLET, params).scalar_one()
     return found
 
 
