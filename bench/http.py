@@ -419,11 +419,21 @@ def run_baseline(script: Path, clients: int, seconds: float) -> float | None:
 # --------------------------------------------------------------------------- report
 
 
+def cpu_pressure() -> str:
+    """The kernel's CPU pressure (share of time some runnable task waited for a CPU), if it says."""
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()
+        return f", CPU pressure (avg60) {dict(kv.split('=') for kv in some[1:])['avg60']}%"
+    except (OSError, IndexError, KeyError, ValueError):
+        return ""
+
+
 def print_report(runs: list[Run], *, baseline: Path | None, config: str, seconds: float) -> None:
     load = os.getloadavg()[0]
     print(f"\nHTTP request-path benchmark, {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}: "
           f"{os.cpu_count()} CPUs shared by gunicorn, PostgreSQL, Redis and the clients; {config}; "
-          f"{seconds:g} s per run after {WARMUP_SECONDS:g} s warm-up; 1-min load average at the end {load:.1f}")
+          f"{seconds:g} s per run after {WARMUP_SECONDS:g} s warm-up; 1-min load average at the end {load:.1f}"
+          f"{cpu_pressure()}")
     if baseline is None:
         print("No baseline: ../shared/baseline/run-pgbench not found (--baseline PATH or BENCH_BASELINE); "
               "ratios are skipped.")
