@@ -123,7 +123,7 @@ def migrate_and_seed(env: dict[str, str], slots: int) -> list[Slot]:
     from wallet_api.wallets import ledger
     from wallet_api.wallets.models import SystemAccount
 
-    app = create_app(load_settings(env))
+    app = create_app(load_settings({**env, "LOG_LEVEL": "WARNING"}))  # the seeding's own lines are noise
     made = []
     with app.app_context():
         upgrade()

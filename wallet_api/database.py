@@ -40,14 +40,15 @@ def check_on_checkout(engine: Engine) -> None:
 
     @event.listens_for(engine, "checkout")
     def _replace_if_dead(dbapi_connection, _record, _proxy):
-        poller = select.poll()
-        poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
-        if not poller.poll(0):
-            return  # nothing pending: the connection is as we left it
         try:
+            poller = select.poll()
+            poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
+            if not poller.poll(0):
+                return  # nothing pending: the connection is as we left it
             dialect.do_ping(dbapi_connection)
-        except dialect.loaded_dbapi.Error as exc:
-            log.warning("database_connection_replaced", reason=str(exc).strip().splitlines()[0][:200])
+        except dialect.loaded_dbapi.Error as exc:  # also fileno() of a connection the driver closed
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            log.warning("database_connection_replaced", reason=reason)
             # The pool discards this connection and checks out (or opens) another one.
             raise DisconnectionError("pooled connection is closed") from exc
 
@@ -63,7 +64,10 @@ class ReconnectingSession(FlaskSession):
 
     Only a statement that begins the transaction is retried, and only with no pending ORM
     changes: nothing earlier in the transaction can have been lost, and the rollback that clears
-    the dead transaction discards nothing of the caller's.
+    the dead transaction discards nothing of the caller's. `_execute_internal` is where
+    SQLAlchemy 2.x sends `execute`, `scalar`, `scalars` and `get` (tests/wallets/test_reconnect.py
+    fails if that ever changes). Statements run on `session.connection()` directly are not
+    covered; the ledger, which does that, retries its own transaction.
     """
 
     def _execute_internal(self, statement, params=None, **kwargs):
