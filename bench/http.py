@@ -3,6 +3,7 @@
     .venv/bin/python bench/http.py [--quick] [--seconds 8] [--rounds 3] [--clients 1,4,8,16]
                                    [--scenarios transfer,transfer_key,wallets,ledger,webhook]
                                    [--baseline PATH | --no-baseline] [--redis-db 12]
+                                   [--app-env development] [--py-spy DIR] [--keep-db]
 
 What it does, bounded in time and count, on loopback only:
 1. Makes a scratch database with the migrations (on TEST_DATABASE_URL's server, else PostgreSQL on
@@ -428,15 +429,17 @@ def cpu_pressure() -> str:
         return ""
 
 
-def print_report(runs: list[Run], *, baseline: Path | None, config: str, seconds: float) -> None:
+def print_report(runs: list[Run], *, baseline: Path | None, missing: Path | None, config: str,
+                 seconds: float) -> None:
     load = os.getloadavg()[0]
     print(f"\nHTTP request-path benchmark, {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}: "
           f"{os.cpu_count()} CPUs shared by gunicorn, PostgreSQL, Redis and the clients; {config}; "
           f"{seconds:g} s per run after {WARMUP_SECONDS:g} s warm-up; 1-min load average at the end {load:.1f}"
           f"{cpu_pressure()}")
-    if baseline is None:
-        print("No baseline: ../shared/baseline/run-pgbench not found (--baseline PATH or BENCH_BASELINE); "
-              "ratios are skipped.")
+    if missing is not None:
+        print(f"No baseline: {missing} not found (--baseline PATH or BENCH_BASELINE); ratios are skipped.")
+    elif baseline is None:
+        print("No baseline (--no-baseline): ratios are skipped.")
     header = (f"{'round':>5} {'scenario':<13} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
               f"{'errors':>6} {'srv ms/req':>10} {'cli ms/req':>10} {'pgbench':>8} {'ratio':>6}")
     print("\nEvery run:\n" + header + "\n" + "-" * len(header))
@@ -533,10 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in args.scenarios.split(",") if s]
     if set(scenarios) - set(SCENARIOS) or not clients or min(clients) < 1 or args.rounds < 1 or args.seconds <= 0:
         parser.error("bad --scenarios, --clients, --rounds or --seconds")
-    baseline = None if args.no_baseline else args.baseline
+    baseline, missing = (None if args.no_baseline else args.baseline.resolve()), None
     if baseline is not None and not (baseline.is_file() and os.access(baseline, os.X_OK)):
         note(f"baseline script {baseline} not found: ratios will be skipped")
-        baseline = None
+        baseline, missing = None, baseline
 
     import psycopg2
     from redis import Redis
@@ -586,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
         stop(web)
         web = None
         lines = sum(1 for _ in open(workdir / "web.log", "rb"))
-        print_report(runs, baseline=baseline, config=config, seconds=args.seconds)
+        print_report(runs, baseline=baseline, missing=missing, config=config, seconds=args.seconds)
         print(f"{check_books(database_url)}; the app wrote {lines} log lines")
     finally:
         if web is not None:
