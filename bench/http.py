@@ -132,7 +132,8 @@ def migrate_and_seed(env: dict[str, str], slots: int) -> list[Slot]:
             users, usd = [], []
             for j, currencies in enumerate((("USD", "BTC", "ETH"), ("USD",))):
                 user_id = uuid.uuid4()
-                db.session.execute(text("INSERT INTO users (id, email, password_hash, role) VALUES (:i, :e, 'x', 'USER')"),
+                db.session.execute(text("INSERT INTO users (id, email, password_hash, role) "
+                                        "VALUES (:i, :e, 'x', 'USER')"),
                                    {"i": user_id, "e": f"bench-{i}-{j}-{user_id.hex[:8]}@example.com"})
                 for currency in currencies:
                     wallet_id = uuid.uuid4()
@@ -477,8 +478,8 @@ def print_report(runs: list[Run], *, baseline: Path | None, missing: Path | None
           "\nthe gunicorn processes per request; cli ms/req: the load generator's CPU per request (same cores).")
     profiled = [run for run in runs if run.profile]
     if profiled:
-        print("\nWhere the server's CPU went (py-spy samples of gunicorn threads holding the GIL, innermost known frame; "
-              "ms per request = share of samples x srv ms/req):")
+        print("\nWhere the server's CPU went (py-spy samples of gunicorn threads holding the GIL, innermost "
+              "known frame; ms per request = share of samples x srv ms/req):")
         for run in profiled:
             total = sum(run.profile.values())
             print(f"\n  round {run.round}, {run.scenario}, {run.clients} clients: {total} samples, "
@@ -561,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     web = None
     runs: list[Run] = []
     try:
-        note(f"scratch database {name}, Redis db {args.redis_db}: migrating and seeding {max(clients)} client slots ...")
+        note(f"scratch database {name}, Redis db {args.redis_db}: migrating and seeding "
+             f"{max(clients)} client slots ...")
         slots = migrate_and_seed(env, max(clients))
         web = start_web(env, port, workdir / "web.log")
         config = (f"gunicorn {env.get('WEB_CONCURRENCY', '2 (as shipped)')} workers x "

@@ -299,9 +299,10 @@ def _counter_key(key: str, move: _Movement, counter_wallet_id: uuid.UUID) -> str
 
 
 # The write path is three round trips after psycopg2's BEGIN: 1. lock timeout, row locks, then the
-# locked rows and the idempotency lookup; 2. every insert and balance update; 3. COMMIT. The two statements are plain
-# driver SQL (psycopg2's %(name)s parameters) run with exec_driver_sql: no compilation per call, and
-# SQLAlchemy still wraps errors (OperationalError, IntegrityError) and handles disconnects.
+# locked rows and the idempotency lookup; 2. every insert and balance update; 3. COMMIT. The two
+# statements are plain driver SQL (psycopg2's %(name)s parameters) run with exec_driver_sql: no
+# compilation per call, and SQLAlchemy still wraps errors (OperationalError, IntegrityError) and
+# handles disconnects.
 #
 # psycopg2 sends a multi-statement string as one simple-protocol query and returns the last
 # statement's rows. Under READ COMMITTED each statement takes its own snapshot, so the final SELECT,

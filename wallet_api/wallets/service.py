@@ -72,7 +72,8 @@ _USER_WALLETS = (select(Wallet).where(Wallet.user_id == bindparam("user_id"))
                  .order_by(Wallet.created_at, Wallet.currency))
 _USER_WALLET = select(Wallet).where(Wallet.id == bindparam("wallet_id"), Wallet.user_id == bindparam("user_id"))
 _VISIBLE_WALLET = (select(Wallet.id)
-                   .where(Wallet.id.in_(bindparam("wallet_ids", expanding=True)), Wallet.user_id == bindparam("user_id"))
+                   .where(Wallet.id.in_(bindparam("wallet_ids", expanding=True)),
+                          Wallet.user_id == bindparam("user_id"))
                    .limit(1))
 # One round trip for the ownership check and the page: no row at all means no such wallet of the
 # user; a row of NULLs is the wallet's empty page.
