@@ -1,4 +1,7 @@
-"""gunicorn settings: gthread workers (keep-alive, short handlers), sized from the environment."""
+"""gunicorn settings: gthread workers (keep-alive, short handlers), sized from the environment.
+
+See docs/PERFORMANCE.md ("Request path") for the measurements behind these numbers.
+"""
 import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
@@ -8,10 +11,27 @@ threads = int(os.environ.get("GUNICORN_THREADS", "4"))  # keep DB_POOL_SIZE >= t
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = 25  # inside Heroku's 30 s between SIGTERM and SIGKILL
 keepalive = 5
-max_requests = 2000
-max_requests_jitter = 200
+# The master imports the app once and forks ready workers: a worker that boots on its own spends
+# about a second of CPU importing, which under max_requests recycling was a large share of every
+# request's cost. create_app opens no connection (engines, Redis and the limiter's storage connect
+# on first use), so nothing is shared across the fork; post_fork below makes sure of it.
+preload_app = True
+# Recycling guards against slow leaks; it is cheap now (a fork), but not free (new connections).
+max_requests = 20000
+max_requests_jitter = 2000
 accesslog = None  # the app logs one structured line per request, with its request id
 forwarded_allow_ips = "*" if int(os.environ.get("TRUSTED_PROXY_COUNT", "0")) else "127.0.0.1"
+
+
+def post_fork(server, worker):
+    # Belt and braces for preload_app: a pooled connection inherited from the master would be
+    # shared by two processes. Drop (without closing) anything the master may have opened.
+    app = server.app.wsgi()
+    with app.app_context():
+        from wallet_api.extensions import db  # the app is loaded by now: no import cost, no cycle
+
+        for engine in db.engines.values():
+            engine.dispose(close=False)
 
 
 def child_exit(server, worker):

@@ -10,6 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from wallet_api.client_address import TrustedProxyClientAddress
 from wallet_api.config import Settings, load_settings
+from wallet_api.database import check_on_checkout
 from wallet_api.errors import register_error_handlers
 from wallet_api.extensions import api, db, jwt, limiter, migrate
 from wallet_api.logging import REQUEST_ID_HEADER, configure_logging, init_request_logging
@@ -41,6 +42,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     import wallet_api.models  # noqa: F401  (register every table)
 
     db.init_app(app)
+    with app.app_context():
+        for engine in db.engines.values():
+            check_on_checkout(engine)
     migrate.init_app(app, db, directory=_migrations_dir())
     jwt.init_app(app)
     limiter.init_app(app)
@@ -73,7 +77,7 @@ def _flask_config(settings: Settings) -> dict:
         "MAX_CONTENT_LENGTH": settings.max_content_length,
         "SQLALCHEMY_DATABASE_URI": settings.sqlalchemy_url,
         "SQLALCHEMY_ENGINE_OPTIONS": {
-            "pool_pre_ping": True,
+            # No pool_pre_ping (a round trip per checkout): see wallet_api/database.py.
             "pool_size": settings.db_pool_size,
             "max_overflow": settings.db_max_overflow,
             "connect_args": {

@@ -7,6 +7,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
+from wallet_api.database import ReconnectingSession
 from wallet_api.ratelimit import rate_limit_key
 
 
@@ -21,7 +22,7 @@ class Base(DeclarativeBase):
     })
 
 
-db = SQLAlchemy(model_class=Base)
+db = SQLAlchemy(model_class=Base, session_options={"class_": ReconnectingSession})
 migrate = Migrate()
 api = WalletApi()
 jwt = JWTManager()

@@ -6,6 +6,7 @@ keys that look secret wherever they appear in an event, as a last line of defenc
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -23,15 +24,21 @@ REDACTED = "[redacted]"
 
 
 def redact(_logger, _name, event_dict: dict) -> dict:
-    return {k: (REDACTED if _SECRET_KEY.search(k) and v is not None else _redact_nested(v))
+    return {k: (REDACTED if v is not None and _is_secret_key(k) else _redact_nested(v))
             for k, v in event_dict.items()}
 
 
 def _redact_nested(value):
     if isinstance(value, dict):
-        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else _redact_nested(v))
+        return {k: (REDACTED if isinstance(k, str) and _is_secret_key(k) else _redact_nested(v))
                 for k, v in value.items()}
     return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_key(key: str) -> bool:
+    # Events reuse a small set of keys: the regex runs once per key and process, not per line.
+    return _SECRET_KEY.search(key) is not None
 
 
 def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
@@ -59,6 +66,12 @@ def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
                     structlog.processors.format_exc_info if json else (lambda _l, _n, e: e),
                     renderer],
     ))
+    # Every line is rendered from the event dict alone, so the stdlib need not find each call's
+    # source line or thread name (the logging HOWTO's "Optimization" knobs). The process id stays:
+    # gunicorn's own log format prints it.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

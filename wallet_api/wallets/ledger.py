@@ -53,6 +53,13 @@ Transaction ownership
     idempotent replay leaves the caller's transaction usable; the wallet locks are held until the
     caller commits or rolls back.
 
+Lost connections
+    The app does not ping a pooled connection before using it (wallet_api/database.py). When an
+    owned transaction finds its connection dead before COMMIT was sent, it wrote nothing, so it
+    is started again once on a new connection; a disconnect during COMMIT is raised (the key makes
+    the caller's retry safe). With `commit=False` the caller's transaction is lost with the
+    connection, so nothing is retried.
+
 Exact arithmetic: amounts are `Decimal`s validated against the wallet's currency precision, and
 sums are computed in `amounts.MONEY_CONTEXT`, which raises rather than rounds.
 """
@@ -68,11 +75,12 @@ from decimal import Decimal
 
 import structlog
 from flask import current_app
-from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from wallet_api import metrics
+from wallet_api.database import lost_before_commit
 from wallet_api.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable, field_error
 from wallet_api.extensions import db
 from wallet_api.wallets import amounts
@@ -197,11 +205,12 @@ def get_transaction(*, transaction_id: uuid.UUID | None = None,
     return dataclasses.replace(found, replayed=False) if found else None
 
 
+_DERIVED_BALANCE = text("SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE wallet_id = :w")
+
+
 def derived_balance(*, wallet_id: uuid.UUID) -> Decimal:
     """SUM(entries) of a wallet: the truth for every wallet, and the only balance of a system wallet."""
-    total = db.session.execute(
-        text("SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE wallet_id = :w"),
-        {"w": wallet_id}).scalar_one()
+    total = db.session.execute(_DERIVED_BALANCE, {"w": wallet_id}).scalar_one()
     return Decimal(total)
 
 
@@ -289,10 +298,11 @@ def _counter_key(key: str, move: _Movement, counter_wallet_id: uuid.UUID) -> str
     return f"{prefix}:{counter_wallet_id}:{OPPOSITE[action]}"
 
 
-# The write path is three round trips: 1. lock timeout, row locks, then the locked rows and the
-# idempotency lookup; 2. every insert and balance update; 3. COMMIT. The two statements are plain
-# driver SQL (psycopg2's %(name)s parameters) run with exec_driver_sql: no compilation per call, and
-# SQLAlchemy still wraps errors (OperationalError, IntegrityError) and handles disconnects.
+# The write path is three round trips after psycopg2's BEGIN: 1. lock timeout, row locks, then the
+# locked rows and the idempotency lookup; 2. every insert and balance update; 3. COMMIT. The two
+# statements are plain driver SQL (psycopg2's %(name)s parameters) run with exec_driver_sql: no
+# compilation per call, and SQLAlchemy still wraps errors (OperationalError, IntegrityError) and
+# handles disconnects.
 #
 # psycopg2 sends a multi-statement string as one simple-protocol query and returns the last
 # statement's rows. Under READ COMMITTED each statement takes its own snapshot, so the final SELECT,
@@ -339,7 +349,7 @@ _CURRENT_LOCK_TIMEOUT = text("SELECT current_setting('lock_timeout')")
 def _run_owned(session: Session, move: _Movement) -> LedgerResult:
     """commit=True: this function's transaction, committed here, rolled back on any failure."""
     try:
-        result = _apply(session, move)
+        result = _apply_reconnecting(session, move)
         session.commit()
         return result
     except IntegrityError as exc:
@@ -353,6 +363,24 @@ def _run_owned(session: Session, move: _Movement) -> LedgerResult:
     except BaseException:
         session.rollback()
         raise
+
+
+def _apply_reconnecting(session: Session, move: _Movement) -> LedgerResult:
+    """`_apply`, started once more on a new connection when the connection died before COMMIT.
+
+    A transaction whose connection is lost before COMMIT wrote nothing, so starting it again is
+    safe; when the session already had a transaction of the caller's, that work is gone too and
+    the error is raised instead (see wallet_api/database.py).
+    """
+    fresh = not session.in_transaction()
+    try:
+        return _apply(session, move)
+    except DBAPIError as exc:
+        if not (fresh and lost_before_commit(exc)):
+            raise
+    session.rollback()
+    log.warning("ledger_retried_after_disconnect", operation=move.operation)
+    return _apply(session, move)
 
 
 def _run_nested(session: Session, move: _Movement) -> LedgerResult:
@@ -474,15 +502,20 @@ def _replay_after_conflict(session: Session, move: _Movement, exc: IntegrityErro
     return found
 
 
-def _load_transaction(session: Session, *, transaction_id: uuid.UUID | None = None,
-                      idempotency_key: str | None = None) -> LedgerResult | None:
-    where = "t.id = :v" if transaction_id is not None else "t.idempotency_key = :v"
-    rows = session.execute(text(f"""
+_TRANSACTION_BY = {
+    column: text(f"""
         SELECT t.id, t.kind, t.currency, t.amount, t.reference, t.created_at,
                e.id AS entry_id, e.wallet_id, e.amount AS entry_amount, e.balance_after
         FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id
-        WHERE {where} ORDER BY e.id"""), {"v": transaction_id if transaction_id is not None else idempotency_key}
-    ).all()
+        WHERE t.{column} = :v ORDER BY e.id""")
+    for column in ("id", "idempotency_key")}
+
+
+def _load_transaction(session: Session, *, transaction_id: uuid.UUID | None = None,
+                      idempotency_key: str | None = None) -> LedgerResult | None:
+    by_id = transaction_id is not None
+    rows = session.execute(_TRANSACTION_BY["id" if by_id else "idempotency_key"],
+                           {"v": transaction_id if by_id else idempotency_key}).all()
     if not rows:
         return None
     first = rows[0]
@@ -494,14 +527,18 @@ def _load_transaction(session: Session, *, transaction_id: uuid.UUID | None = No
         created_at=first.created_at)
 
 
+_SYSTEM_WALLET = select(_wallets.c.id).where(_wallets.c.system_account == bindparam("account"),
+                                             _wallets.c.currency == bindparam("currency"))
+
+
 def _system_wallet_id(session: Session, account: str, currency: str) -> uuid.UUID:
     if account not in SystemAccount.ALL:
         raise ValueError(f"unknown system account {account!r}")
-    query = select(_wallets.c.id).where(_wallets.c.system_account == account, _wallets.c.currency == currency)
-    found = session.execute(query).scalar_one_or_none()
+    params = {"account": account, "currency": currency}
+    found = session.execute(_SYSTEM_WALLET, params).scalar_one_or_none()
     if found is None:
         ensure_system_wallets(session)
-        found = session.execute(query).scalar_one()
+        found = session.execute(_SYSTEM_WALLET, params).scalar_one()
     return found
 
 

@@ -28,6 +28,9 @@ transfers_blp = Blueprint("transfers", __name__, url_prefix="/transfers",
 blueprints = [blp, transfers_blp]
 
 SECURITY = [{"bearerAuth": []}]
+# Argument schemas are passed as instances: given a class, webargs builds a new schema (copying
+# every field) on each request.
+WALLET_CREATE, PAGE_QUERY, TRANSFER_CREATE = WalletCreateSchema(), PageQuerySchema(), TransferCreateSchema()
 # Decorated limits are checked inside their wrapper: listed before jwt_required, they run after it,
 # so they count per user. Separate limits per method of one view need per_method=True.
 read_limit = limiter.limit(limit_for("wallet_read"), methods=["GET"], per_method=True)
@@ -43,7 +46,7 @@ def _user_id() -> uuid.UUID:
 class Wallets(MethodView):
     decorators = [read_limit, write_limit, jwt_required()]
 
-    @blp.arguments(WalletCreateSchema)
+    @blp.arguments(WALLET_CREATE)
     @blp.response(201, WalletSchema)
     @blp.alt_response(409, description="The user already has a wallet in this currency")
     @blp.doc(security=SECURITY)
@@ -74,7 +77,7 @@ class WalletById(MethodView):
 class WalletLedger(MethodView):
     decorators = [read_limit, jwt_required()]
 
-    @blp.arguments(PageQuerySchema, location="query")
+    @blp.arguments(PAGE_QUERY, location="query")
     @blp.response(200, LedgerPageSchema)
     @blp.alt_response(404, description="No such wallet of the caller")
     @blp.doc(security=SECURITY)
@@ -90,7 +93,7 @@ class Transfers(MethodView):
 
     @idempotent
     @transfers_blp.doc(parameters=[IDEMPOTENCY_KEY_PARAMETER], security=SECURITY)
-    @transfers_blp.arguments(TransferCreateSchema)
+    @transfers_blp.arguments(TRANSFER_CREATE)
     @transfers_blp.response(201, TransferSchema)
     @transfers_blp.alt_response(404, description="Source wallet not the caller's, or destination missing")
     @transfers_blp.alt_response(409, description="Idempotency-Key still in flight")

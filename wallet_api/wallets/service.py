@@ -13,12 +13,12 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import IntegrityError
 
 from wallet_api.errors import Conflict, NotFound
 from wallet_api.extensions import db
-from wallet_api.pagination import Page, decode_cursor, encode_cursor, keyset_page, positive_bigint
+from wallet_api.pagination import InvalidCursor, Page, decode_cursor, encode_cursor, keyset_page, positive_bigint
 from wallet_api.wallets import ledger
 from wallet_api.wallets.ledger import WalletNotFound
 from wallet_api.wallets.models import SystemAccount, Wallet
@@ -66,15 +66,39 @@ def create_wallet(*, user_id: uuid.UUID, currency: str) -> Wallet:
     return wallet
 
 
+# The read paths' statements are built once: constructing a statement and its cache key on every
+# call cost more than running it.
+_USER_WALLETS = (select(Wallet).where(Wallet.user_id == bindparam("user_id"))
+                 .order_by(Wallet.created_at, Wallet.currency))
+_USER_WALLET = select(Wallet).where(Wallet.id == bindparam("wallet_id"), Wallet.user_id == bindparam("user_id"))
+_VISIBLE_WALLET = (select(Wallet.id)
+                   .where(Wallet.id.in_(bindparam("wallet_ids", expanding=True)),
+                          Wallet.user_id == bindparam("user_id"))
+                   .limit(1))
+# One round trip for the ownership check and the page: no row at all means no such wallet of the
+# user; a row of NULLs is the wallet's empty page.
+_LEDGER_PAGE = text("""
+    SELECT page.id, page.transaction_id, page.amount, page.balance_after, page.currency, page.created_at,
+           page.kind, page.reference
+    FROM wallets w
+    LEFT JOIN LATERAL (
+        SELECT e.id, e.transaction_id, e.amount, e.balance_after, e.currency, e.created_at, t.kind, t.reference
+        FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
+        WHERE e.wallet_id = w.id AND (CAST(:before AS bigint) IS NULL OR e.id < :before)
+        ORDER BY e.id DESC
+        LIMIT :fetch) page ON true
+    WHERE w.id = :wallet_id AND w.user_id = :user_id
+    ORDER BY page.id DESC""")
+
+
 def list_wallets(*, user_id: uuid.UUID) -> list[Wallet]:
     """The user's wallets, oldest first."""
-    return list(db.session.scalars(
-        select(Wallet).where(Wallet.user_id == user_id).order_by(Wallet.created_at, Wallet.currency)))
+    return list(db.session.scalars(_USER_WALLETS, {"user_id": user_id}))
 
 
 def get_wallet(*, user_id: uuid.UUID, wallet_id: uuid.UUID) -> Wallet:
     """The user's wallet; 404 when it does not exist or belongs to someone else."""
-    wallet = db.session.scalar(select(Wallet).where(Wallet.id == wallet_id, Wallet.user_id == user_id))
+    wallet = db.session.scalar(_USER_WALLET, {"wallet_id": wallet_id, "user_id": user_id})
     if wallet is None:
         raise WalletNotFound("Wallet not found.")
     return wallet
@@ -90,15 +114,17 @@ def list_all_wallets(*, needs_reconciliation: bool | None, limit: int, cursor: s
 
 def ledger_page(*, user_id: uuid.UUID, wallet_id: uuid.UUID, limit: int, cursor: str | None) -> Page:
     """Entries of the user's wallet, newest first, `limit` per page after `cursor`."""
-    get_wallet(user_id=user_id, wallet_id=wallet_id)
-    (before,) = decode_cursor(cursor, positive_bigint) if cursor is not None else (None,)
-    rows = db.session.execute(text("""
-        SELECT e.id, e.transaction_id, e.amount, e.balance_after, e.currency, e.created_at,
-               t.kind, t.reference
-        FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.transaction_id
-        WHERE e.wallet_id = :wallet_id AND (CAST(:before AS bigint) IS NULL OR e.id < :before)
-        ORDER BY e.id DESC
-        LIMIT :fetch"""), {"wallet_id": wallet_id, "before": before, "fetch": limit + 1}).mappings().all()
+    try:
+        (before,) = decode_cursor(cursor, positive_bigint) if cursor is not None else (None,)
+    except InvalidCursor:
+        get_wallet(user_id=user_id, wallet_id=wallet_id)  # someone else's wallet stays a 404
+        raise
+    rows = db.session.execute(_LEDGER_PAGE, {"wallet_id": wallet_id, "user_id": user_id, "before": before,
+                                             "fetch": limit + 1}).mappings().all()
+    if not rows:
+        raise WalletNotFound("Wallet not found.")
+    if rows[0]["id"] is None:
+        rows = []
     items = [dict(row) for row in rows[:limit]]
     next_cursor = encode_cursor(items[-1]["id"]) if len(rows) > limit else None
     return Page(items=items, next_cursor=next_cursor)
@@ -121,8 +147,8 @@ def get_transfer(*, user_id: uuid.UUID, transfer_id: uuid.UUID) -> TransferView:
     found = ledger.get_transaction(transaction_id=transfer_id)
     if found is None or found.kind != TRANSFER_KIND:
         raise NotFound("Transfer not found.", error="transfer_not_found")
-    visible = db.session.scalar(select(Wallet.id).where(
-        Wallet.id.in_([leg.wallet_id for leg in found.entries]), Wallet.user_id == user_id).limit(1))
+    visible = db.session.scalar(_VISIBLE_WALLET, {"wallet_ids": [leg.wallet_id for leg in found.entries],
+                                                  "user_id": user_id})
     if visible is None:
         raise NotFound("Transfer not found.", error="transfer_not_found")
     return _transfer_view(found)

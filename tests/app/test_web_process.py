@@ -1,0 +1,72 @@
+"""The web process as the Procfile runs it: bin/start-web, gunicorn.conf.py (preloaded app, forked
+workers), serving database-backed requests, then stopping cleanly on SIGTERM."""
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_JWT_SECRET, TEST_MOONPAY_SECRET, TEST_REFRESH_SECRET, TEST_WEBHOOK_SECRET
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: int, path: str, headers: dict | None = None) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path, headers=headers or {})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def _workers(master: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
+
+def test_bin_start_web_serves_database_requests_from_forked_workers_and_stops_on_sigterm(
+        app, settings, user, auth_headers, tmp_path):
+    port = _free_port()
+    env = {**os.environ, "APP_ENV": "test", "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+           "JWT_SECRET": TEST_JWT_SECRET, "JWT_REFRESH_SECRET": TEST_REFRESH_SECRET,
+           "MOONPAY_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET, "MOONPAY_SECRET_KEY": TEST_MOONPAY_SECRET,
+           "RATELIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING", "PORT": str(port), "WEB_CONCURRENCY": "2",
+           "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = open(tmp_path / "web.log", "wb")
+    web = subprocess.Popen([str(ROOT / "bin" / "start-web")], cwd=ROOT, env=env, stdout=log, stderr=log,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert web.poll() is None, (tmp_path / "web.log").read_text()
+            try:
+                if _get(port, "/health") == 200 and len(_workers(web.pid)) == 2:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "gunicorn did not start: " + (tmp_path / "web.log").read_text()
+            time.sleep(0.2)
+        headers = auth_headers(user)
+        # Each request on a new connection, answered by whichever forked worker accepts it.
+        assert {_get(port, "/wallets", headers) for _ in range(20)} == {200}
+        assert _get(port, "/wallets") == 401
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        code = web.wait(timeout=30)
+        log.close()
+    assert code == 0, (tmp_path / "web.log").read_text()
