@@ -2,7 +2,11 @@
 
 See docs/PERFORMANCE.md ("Request path") for the measurements behind these numbers.
 """
+import json
 import os
+
+import gunicorn.http.wsgi
+import gunicorn.util
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8000')}"
 worker_class = "gthread"
@@ -20,6 +24,8 @@ preload_app = True
 max_requests = 20000
 max_requests_jitter = 2000
 accesslog = None  # the app logs one structured line per request, with its request id
+# The longest request line gunicorn reads (its maximum); a longer one is answered 414 below.
+limit_request_line = 8190
 forwarded_allow_ips = "*" if int(os.environ.get("TRUSTED_PROXY_COUNT", "0")) else "127.0.0.1"
 
 
@@ -39,3 +45,23 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+# gunicorn answers requests it cannot parse (a request line or headers too long, a malformed
+# request line or chunk) itself, before the app sees them, with an HTML page, and names itself in
+# every response. It has no setting for either, so its two module-level names are replaced here:
+# those answers become the API's JSON error envelope (without echoing the request back), and the
+# Server header no longer advertises the server and its version.
+gunicorn.http.wsgi.SERVER = "wallet-api"
+
+
+def _json_error(sock, status_int, reason, mesg):
+    body = json.dumps({"code": status_int, "status": reason,
+                       "message": f"{reason}: the request could not be read.",
+                       "error": reason.lower().replace(" ", "_").replace("-", "_")})
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n\r\n")
+    gunicorn.util.write_nonblock(sock, (head + body).encode("latin1"))
+
+
+gunicorn.util.write_error = _json_error

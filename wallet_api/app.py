@@ -8,12 +8,14 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from wallet_api.client_address import TrustedProxyClientAddress
+from wallet_api.client_address import IpAllowlist, TrustedProxyClientAddress
 from wallet_api.config import Settings, load_settings
 from wallet_api.database import check_on_checkout
 from wallet_api.errors import register_error_handlers
 from wallet_api.extensions import api, db, jwt, limiter, migrate
 from wallet_api.logging import REQUEST_ID_HEADER, configure_logging, init_request_logging
+from wallet_api.request_parsing import JsonProvider, read_chunked_body
+from wallet_api.security import init_security
 
 # Each domain's routes module exposes `blueprints`; order fixes the order of the OpenAPI tags.
 ROUTE_MODULES = (
@@ -33,11 +35,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     configure_logging(level=settings.log_level, json=settings.log_json)
 
     app = Flask(__name__)
+    app.json = JsonProvider(app)
     app.config.update(_flask_config(settings))
     if settings.trusted_proxy_count:
         # Only the hops we run ourselves may set the client address; see docs/SECRETS_AND_ACCESS_CONTROL.md.
         n = settings.trusted_proxy_count
-        app.wsgi_app = TrustedProxyClientAddress(ProxyFix(app.wsgi_app, x_for=0, x_proto=n, x_host=n), n)
+        app.wsgi_app = TrustedProxyClientAddress(ProxyFix(app.wsgi_app, x_for=0, x_proto=n, x_host=n), n,
+                                                 proxies=IpAllowlist.parse(settings.trusted_proxy_cidrs))
+    init_security(app, settings)  # first: its response hook must run after every extension's
+    app.before_request(read_chunked_body)
 
     import wallet_api.models  # noqa: F401  (register every table)
 
@@ -49,6 +55,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     jwt.init_app(app)
     limiter.init_app(app)
     api.init_app(app)
+    from wallet_api import api_docs
+
+    app.register_blueprint(api_docs.bp)
     CORS(app, origins=list(settings.cors_allowed_origins), expose_headers=EXPOSED_HEADERS,
          allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER])
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer",
@@ -80,6 +89,8 @@ def _flask_config(settings: Settings) -> dict:
             # No pool_pre_ping (a round trip per checkout): see wallet_api/database.py.
             "pool_size": settings.db_pool_size,
             "max_overflow": settings.db_max_overflow,
+            # Statements are logged on errors; their parameters are user data (emails, references).
+            "hide_parameters": True,
             "connect_args": {
                 "options": f"-c statement_timeout={settings.statement_timeout_ms}",
                 "application_name": "wallet_api",
@@ -99,8 +110,6 @@ def _flask_config(settings: Settings) -> dict:
         "OPENAPI_VERSION": "3.0.3",
         "OPENAPI_URL_PREFIX": "/",
         "OPENAPI_JSON_PATH": "openapi.json",
-        "OPENAPI_SWAGGER_UI_PATH": "/docs",
-        "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
         "API_SPEC_OPTIONS": {
             "info": {"description": "Custodial wallets on a double-entry ledger. "
                                     "Amounts are decimal strings; errors use one JSON envelope."},

@@ -149,16 +149,29 @@ def client_ip(
     return normalised(x_real_ip) or normalised(remote_addr)
 
 
+FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST",
+                      "HTTP_X_FORWARDED_PORT", "HTTP_X_FORWARDED_PREFIX", "HTTP_X_REAL_IP", "HTTP_FORWARDED")
+
+
 class TrustedProxyClientAddress:
     """WSGI middleware: set REMOTE_ADDR to the client as seen by our outermost trusted proxy
     (X-Forwarded-For N hops from the right, else X-Real-IP); client-written entries left of that
-    hop are ignored."""
+    hop are ignored.
 
-    def __init__(self, wsgi_app, trusted_proxy_count: int):
+    With `proxies` (TRUSTED_PROXY_CIDRS) a peer outside those networks reached the app without
+    passing through our proxy, so every forwarding header it sent is its own invention: they are
+    dropped before anything reads them (client address, scheme, host).
+    """
+
+    def __init__(self, wsgi_app, trusted_proxy_count: int, *, proxies: IpAllowlist | None = None):
         self.wsgi_app = wsgi_app
         self.trusted_proxy_count = trusted_proxy_count
+        self.proxies = proxies if proxies is not None and not proxies.is_empty else None
 
     def __call__(self, environ, start_response):
+        if self.proxies is not None and not self.proxies.allows(environ.get("REMOTE_ADDR") or ""):
+            for name in FORWARDING_HEADERS:
+                environ.pop(name, None)
         resolved = client_ip(remote_addr=environ.get("REMOTE_ADDR"),
                              x_forwarded_for=environ.get("HTTP_X_FORWARDED_FOR"),
                              x_real_ip=environ.get("HTTP_X_REAL_IP"),

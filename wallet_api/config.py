@@ -38,6 +38,7 @@ class RateLimits:
     """Limit strings in flask-limiter notation, one per category of DESIGN.md."""
 
     auth: str = "5/minute"
+    login_failures: str = "10 per 15 minutes"
     admin_emergency: str = "2/minute"
     wallet_write: str = "10/minute"
     wallet_read: str = "30/minute"

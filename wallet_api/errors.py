@@ -99,9 +99,16 @@ class WalletApi(Api):
             message = None
         else:
             message = message or error.description
+        error_name = None
         if code == 429:
-            message = "Too many requests; retry after the time in the Retry-After header."
-        return envelope(code, message, errors=errors), code, headers
+            limit = getattr(error, "limit", None)
+            # A limit with a message of its own (the per-account login throttle) says which it was.
+            custom = getattr(limit, "error_message", None)
+            if isinstance(custom, str):
+                message, error_name = f"{custom} Retry after the time in the Retry-After header.", "account_throttled"
+            else:
+                message = "Too many requests; retry after the time in the Retry-After header."
+        return envelope(code, message, error=error_name, errors=errors), code, headers
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -3,15 +3,21 @@
 - Text that no column and no JSON document can hold is refused at the edge, once, for every string
   field of every location (body, query, headers...): NUL characters (PostgreSQL refuses them in
   text and JSONB) and lone UTF-16 surrogates (not encodable as UTF-8). 422 naming the field.
-- JSON nested deeper than the parser can follow is a malformed body (400), not a crash.
+- A body larger than MAX_CONTENT_LENGTH is a 413 however it is framed (see read_chunked_body).
+- JSON nested deeper than the parser can follow is a malformed body (400), not a crash, both for
+  webargs and for anything that calls `request.get_json` (see JsonProvider).
 
 Route modules build their blueprints with this module's `Blueprint`.
 """
 from __future__ import annotations
 
+import io
 import json
 
 import flask_smorest
+from flask import current_app, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import RequestEntityTooLarge
 from marshmallow import ValidationError
 from webargs.flaskparser import FlaskParser
 
@@ -57,6 +63,39 @@ class StrictParser(FlaskParser):
             return super()._raw_load_json(req)
         except RecursionError:
             self._handle_invalid_json_error(json.JSONDecodeError("nested too deeply", "", 0), req)
+
+
+def read_chunked_body() -> None:
+    """before_request: read a chunked body up to MAX_CONTENT_LENGTH, and refuse a longer one with 413.
+
+    Werkzeug caps a stream of unknown length by silently stopping at the limit, so an oversized
+    chunked JSON body would be parsed truncated and answered as malformed (400). Reading one byte
+    past the limit tells the two apart; the body read is then handed on with its length known.
+    """
+    environ = request.environ
+    if "chunked" not in environ.get("HTTP_TRANSFER_ENCODING", "").lower() or environ.get("CONTENT_LENGTH"):
+        return
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    stream, body = environ["wsgi.input"], bytearray()
+    while len(body) <= limit:  # a server's read(n) may return less than n before the end
+        piece = stream.read(limit + 1 - len(body))
+        if not piece:
+            break
+        body += piece
+    if len(body) > limit:
+        raise RequestEntityTooLarge(f"The body may be at most {limit} bytes.")
+    environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(bytes(body)), str(len(body))
+
+
+class JsonProvider(DefaultJSONProvider):
+    """Flask's JSON with absurd nesting reported as invalid JSON (ValueError), which `get_json`
+    turns into a 400, or into None when `silent`."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
 
 
 class Blueprint(flask_smorest.Blueprint):

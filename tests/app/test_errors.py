@@ -50,7 +50,7 @@ def exploding_app(make_settings_app):
 
 @pytest.mark.parametrize("app_env", ["production", "test"])
 def test_an_unexpected_exception_is_a_bare_500_without_details(exploding_app, app_env):
-    res = exploding_app(app_env).test_client().get("/boom")
+    res = exploding_app(app_env).test_client().get("/boom", base_url="https://localhost")
     body = assert_envelope(res, 500)
     text = res.get_data(as_text=True)
     assert "hunter2" not in text and "Traceback" not in text and "RuntimeError" not in text

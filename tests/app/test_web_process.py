@@ -1,6 +1,7 @@
 """The web process as the Procfile runs it: bin/start-web, gunicorn.conf.py (preloaded app, forked
 workers), serving database-backed requests, then stopping cleanly on SIGTERM."""
 import http.client
+import json
 import os
 import signal
 import socket
@@ -65,8 +66,38 @@ def test_bin_start_web_serves_database_requests_from_forked_workers_and_stops_on
         # Each request on a new connection, answered by whichever forked worker accepts it.
         assert {_get(port, "/wallets", headers) for _ in range(20)} == {200}
         assert _get(port, "/wallets") == 401
+        _assert_gunicorn_answers_like_the_api(port)
     finally:
         os.killpg(web.pid, signal.SIGTERM)
         code = web.wait(timeout=30)
         log.close()
     assert code == 0, (tmp_path / "web.log").read_text()
+
+
+def _assert_gunicorn_answers_like_the_api(port: int) -> None:
+    """What gunicorn answers on its own (before the app) still speaks the API's language."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/health")
+        response = connection.getresponse()
+        response.read()
+        assert response.getheader("Server") == "wallet-api"  # not "gunicorn" and its version
+        # A request line past gunicorn's limit (a 10,000-character cursor): JSON, not an HTML page.
+        connection.request("GET", "/wallets?cursor=" + "A" * 10_000)
+        response = connection.getresponse()
+        assert response.status == 414
+        assert response.getheader("Content-Type") == "application/json"
+        assert json.loads(response.read())["error"] == "uri_too_long"
+    finally:
+        connection.close()
+    # A chunked body over MAX_CONTENT_LENGTH (1 MiB) is too large (413), not malformed (400).
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        pieces = [b'{"email": "', *([b"x" * 65536] * 17), b'", "password": "p"}']
+        connection.request("POST", "/auth/login", body=iter(pieces), encode_chunked=True,
+                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        response = connection.getresponse()
+        assert response.status == 413
+        assert json.loads(response.read())["error"] == "request_entity_too_large"
+    finally:
+        connection.close()

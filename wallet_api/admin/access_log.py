@@ -147,10 +147,7 @@ def _sanitised_arguments() -> dict:
     found = {}
     if request.args:
         found["query"] = _clean({k: v for k, v in list(request.args.items())[:MAX_KEYS]})
-    try:
-        body = request.get_json(silent=True) if request.is_json else None
-    except RecursionError:  # a body nested beyond reason: the route answers 400; nothing to keep here
-        body = None
+    body = request.get_json(silent=True) if request.is_json else None
     if isinstance(body, dict):
         found["body"] = _clean(dict(list(body.items())[:MAX_KEYS]))
     return found

@@ -88,9 +88,10 @@ def refresh(*, refresh_token: str) -> TokenPair:
 
 
 def logout(*, refresh_token: str) -> None:
-    """Revoke the presented token's family; an unknown token is a 401."""
+    """Revoke the presented token's family; a token that could not refresh (unknown, revoked or
+    expired) is a 401, so a client learns its session was already gone."""
     known = db.session.scalar(select(RefreshToken).where(RefreshToken.token_hash == _hash_token(refresh_token)))
-    if known is None:
+    if known is None or known.revoked_at is not None or known.expires_at <= utcnow():
         raise Unauthorized("Invalid refresh token.", error="invalid_refresh_token")
     _revoke_family(known.family_id, utcnow())
     db.session.commit()

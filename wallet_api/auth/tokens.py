@@ -28,6 +28,10 @@ def register_jwt_handlers(jwt: JWTManager) -> None:
     jwt.revoked_token_loader(lambda header, payload: unauthorized("Access token revoked.", "token_revoked"))
     jwt.needs_fresh_token_loader(lambda header, payload: unauthorized("Fresh token required."))
     jwt.user_lookup_error_loader(lambda header, payload: unauthorized("Unknown user.", "invalid_token"))
+    # PyJWT checks `exp` only when present: a token minted without one would never expire.
+    jwt.token_verification_loader(lambda header, payload: "exp" in payload)
+    jwt.token_verification_failed_loader(
+        lambda header, payload: unauthorized("Access token has no expiry.", "invalid_token"))
 
 
 def admin_required(fn):
