@@ -22,6 +22,8 @@ ROUTE_MODULES = (
     "wallet_api.onramp.routes",
     "wallet_api.admin.routes",
 )
+# Server-rendered pages (plain Flask blueprints, outside the OpenAPI document): each module's init_app(app).
+PAGE_MODULES = ("wallet_api.admin.console",)
 
 EXPOSED_HEADERS = [REQUEST_ID_HEADER, "X-RateLimit-Limit", "X-RateLimit-Remaining",
                    "X-RateLimit-Reset", "Retry-After", "Idempotent-Replayed"]
@@ -58,6 +60,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     for module in ROUTE_MODULES:
         for blueprint in importlib.import_module(module).blueprints:
             api.register_blueprint(blueprint)
+    for module in PAGE_MODULES:
+        importlib.import_module(module).init_app(app)
 
     from wallet_api.cli import register_cli
 

@@ -99,6 +99,9 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = False
     version: str = "0.1.0"
+    # The operator console's session (wallet_api/admin/console/): idle and absolute lifetimes.
+    console_session_idle_minutes: int = 30
+    console_session_max_hours: int = 8
 
     @property
     def is_production(self) -> bool:
@@ -296,6 +299,9 @@ def _declare(env: Env) -> dict:
         backup_retention_days=env.int("BACKUP_RETENTION_DAYS", 30, validate=positive),
         log_level=env.str("LOG_LEVEL", "INFO", validate=OneOf(["DEBUG", "INFO", "WARNING", "ERROR"])),
         log_json=env.bool("LOG_JSON", in_production),
+        console_session_idle_minutes=env.int("CONSOLE_SESSION_IDLE_MINUTES", 30,
+                                             validate=Range(min=1, max=24 * 60)),
+        console_session_max_hours=env.int("CONSOLE_SESSION_MAX_HOURS", 8, validate=Range(min=1, max=24)),
     )
     return values
 
