@@ -162,7 +162,7 @@ def test_an_operator_replays_a_dead_letter_and_sees_the_purchase_credited(
     expect(found).to_have_count(1)
     expect(found.first).to_contain_text("0.050000000000000000")
     shoot(page, "wallets")
-    found.first.get_by_role("link").click()
+    found.first.get_by_role("link", name="ETH").click()
     expect(page.get_by_test_id("balance")).to_have_text("0.050000000000000000 ETH")
     expect(page.locator("tbody tr").first).to_contain_text("onramp_credit")
 

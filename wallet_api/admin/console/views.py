@@ -16,6 +16,7 @@ import structlog
 from flask import Blueprint, current_app, flash, g, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 from marshmallow import EXCLUDE, Schema, ValidationError
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from wallet_api.admin import access_log
@@ -62,7 +63,7 @@ def _let_in():
         # Console actions answer 303 (POST/redirect/GET); form fields are kept like a JSON body's.
         access.expected_status = 303 if request.method == "POST" else 200
         fields = {key: value for key, value in request.form.items() if key != "csrf_token"}
-        if fields:
+        if fields:  # cleaned by the access log's own rules: secrets (the password) redacted, long values cut
             access.meta = {**access.meta, "form": access_log._clean(fields)}
     if request.endpoint not in SIGN_IN_ENDPOINTS:
         user, problem = operator_session.current_operator()
@@ -109,6 +110,12 @@ def _http_error(exc: HTTPException):
     if exc.code == 429:  # flask-limiter adds Retry-After and the X-RateLimit-* headers
         return _error(429, "Too many attempts; wait a minute and try again.")
     return _error(exc.code or 500, exc.description)
+
+
+@bp.errorhandler(OperationalError)
+def _database_unavailable(exc: OperationalError):
+    log.error("console_database_error", exc_info=exc)
+    return _error(503, "The database is unavailable or busy; retry shortly.", headers={"Retry-After": "5"})
 
 
 @bp.errorhandler(Exception)
