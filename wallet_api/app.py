@@ -14,6 +14,7 @@ from wallet_api.database import check_on_checkout
 from wallet_api.errors import register_error_handlers
 from wallet_api.extensions import api, db, jwt, limiter, migrate
 from wallet_api.logging import REQUEST_ID_HEADER, configure_logging, init_request_logging
+from wallet_api.ratelimit import RATE_LIMIT_RETRY_AFTER
 from wallet_api.request_parsing import JsonProvider, read_chunked_body
 from wallet_api.security import init_security
 
@@ -25,6 +26,8 @@ ROUTE_MODULES = (
     "wallet_api.onramp.routes",
     "wallet_api.admin.routes",
 )
+# Server-rendered pages (plain Flask blueprints, outside the OpenAPI document): each module's init_app(app).
+PAGE_MODULES = ("wallet_api.admin.console",)
 
 EXPOSED_HEADERS = [REQUEST_ID_HEADER, "X-RateLimit-Limit", "X-RateLimit-Remaining",
                    "X-RateLimit-Reset", "Retry-After", "Idempotent-Replayed"]
@@ -71,6 +74,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     for module in ROUTE_MODULES:
         for blueprint in importlib.import_module(module).blueprints:
             api.register_blueprint(blueprint)
+    for module in PAGE_MODULES:
+        importlib.import_module(module).init_app(app)
 
     from wallet_api.cli import register_cli
 
@@ -103,6 +108,7 @@ def _flask_config(settings: Settings) -> dict:
         "RATELIMIT_ENABLED": settings.ratelimit_enabled,
         "RATELIMIT_STORAGE_URI": settings.redis_url,
         "RATELIMIT_HEADERS_ENABLED": True,
+        "RATELIMIT_HEADER_RETRY_AFTER": RATE_LIMIT_RETRY_AFTER,
         "RATELIMIT_KEY_PREFIX": "wallet_api:ratelimit",
         "RATELIMIT_STRATEGY": "fixed-window",
         "API_TITLE": "Wallet Platform API",

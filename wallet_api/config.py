@@ -110,6 +110,9 @@ class Settings:
     aws_secret_access_key: str | None = None
     backup_job_timeout_seconds: int = 4 * 3600
     backup_pg_bin_dir: str | None = None
+    # The operator console's session (wallet_api/admin/console/): idle and absolute lifetimes.
+    console_session_idle_minutes: int = 30
+    console_session_max_hours: int = 8
 
     @property
     def is_production(self) -> bool:
@@ -323,6 +326,9 @@ def _declare(env: Env) -> dict:
         backup_job_timeout_seconds=env.int("BACKUP_JOB_TIMEOUT_SECONDS", default("backup_job_timeout_seconds"),
                                            validate=positive),
         backup_pg_bin_dir=env.str("BACKUP_PG_BIN_DIR", ""),
+        console_session_idle_minutes=env.int("CONSOLE_SESSION_IDLE_MINUTES", 30,
+                                             validate=Range(min=1, max=24 * 60)),
+        console_session_max_hours=env.int("CONSOLE_SESSION_MAX_HOURS", 8, validate=Range(min=1, max=24)),
     )
     return values
 

@@ -8,6 +8,10 @@ from flask import current_app
 from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
 from flask_limiter.util import get_remote_address
 
+# Where flask-limiter writes its Retry-After (RATELIMIT_HEADER_RETRY_AFTER); security.py turns it
+# into Retry-After on 429s only.
+RATE_LIMIT_RETRY_AFTER = "X-RateLimit-Retry-After"
+
 
 def rate_limit_key() -> str:
     try:
@@ -25,3 +29,4 @@ def limit_for(category: str):
         return getattr(current_app.config["SETTINGS"].rate_limits, category)
 
     return provider
+

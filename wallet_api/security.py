@@ -10,8 +10,9 @@
 - The JSON API needs no browser capability at all, so its Content-Security-Policy allows nothing;
   the self-hosted API docs (/docs) may load their own scripts and styles and nothing from another
   origin. A blueprint that sets its own headers (the console) keeps them.
-- Retry-After means "you were refused, come back then": flask-limiter adds it to every response that
-  carries rate-limit headers, so it is removed from responses that refused nothing.
+- Retry-After means "you were refused, come back then". flask-limiter would put its own on every
+  response (and overwrite the one a 409 or 503 sets), so it writes to RATE_LIMIT_RETRY_AFTER instead,
+  which becomes Retry-After on its 429s only.
 """
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ from flask import Flask, Response, redirect, request
 
 from wallet_api.config import Settings
 from wallet_api.errors import envelope
+from wallet_api.ratelimit import RATE_LIMIT_RETRY_AFTER
 
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 HSTS = "max-age=31536000; includeSubDomains"
 PLAIN_HTTP_PATHS = frozenset({"/health", "/ready"})
-KEEPS_RETRY_AFTER = frozenset({429, 503})
 SAME_EVERYWHERE = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -65,8 +66,9 @@ def _secure_response_headers(*, hsts: bool):
             headers["Strict-Transport-Security"] = HSTS
         # The answer depends on the Origin header whenever CORS is configured; say so to caches.
         response.vary.add("Origin")
-        if response.status_code not in KEEPS_RETRY_AFTER:
-            headers.pop("Retry-After", None)
+        rate_limit_retry_after = headers.pop(RATE_LIMIT_RETRY_AFTER, None)
+        if response.status_code == 429 and rate_limit_retry_after is not None:
+            headers["Retry-After"] = rate_limit_retry_after
         return response
 
     return apply

@@ -85,6 +85,7 @@ def test_retry_after_is_sent_only_with_a_refusal(make_settings_app):
     assert all("Retry-After" not in r.headers for r in answers[:2])
     assert all("X-RateLimit-Limit" in r.headers for r in answers[:2])
     assert int(answers[2].headers["Retry-After"]) > 0
+    assert all("X-RateLimit-Retry-After" not in r.headers for r in answers)
 
 
 def test_the_docs_load_swagger_ui_from_this_app_only(client):

@@ -1,5 +1,3 @@
-import hashlib
-
 from flask import request
 from flask.views import MethodView
 from flask_jwt_extended import get_jwt_identity, jwt_required
@@ -12,30 +10,11 @@ from wallet_api.auth.schemas import (
     UserSchema,
 )
 from wallet_api.errors import NotFound, Unauthorized
-from wallet_api.extensions import limiter
-from wallet_api.ratelimit import limit_for
+from wallet_api.auth.limits import auth_budget, login_failures
 from wallet_api.request_parsing import Blueprint
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Registration, login and token rotation")
 blueprints = [blp]
-# One budget for every auth route: an IP refused at login is refused at register and refresh too.
-auth_limit = limiter.shared_limit(limit_for("auth"), scope="auth")
-
-
-def _login_account_key() -> str:
-    """The account a login names, hashed: failures count per account whatever the client's IP."""
-    body = request.get_json(silent=True)
-    email = body.get("email") if isinstance(body, dict) else None
-    if not isinstance(email, str):
-        return "login-account:none"  # never charged: only a well-formed login can fail with 401
-    return "login-account:" + hashlib.sha256(email.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()
-
-
-# Only failed logins are charged, so the owner logging in correctly costs nothing; once an account
-# has used its budget every login for it gets 429 until the window ends, whoever sends it.
-login_failures_limit = limiter.limit(limit_for("login_failures"), key_func=_login_account_key,
-                                     deduct_when=lambda response: response.status_code == 401,
-                                     error_message="Too many failed logins for this account.")
 
 
 def _bearer_token() -> str:
@@ -48,7 +27,7 @@ def _bearer_token() -> str:
 
 @blp.route("/register")
 class Register(MethodView):
-    decorators = [auth_limit]
+    decorators = [auth_budget]
 
     @blp.arguments(RegisterSchema)
     @blp.response(201, UserSchema)
@@ -60,7 +39,7 @@ class Register(MethodView):
 
 @blp.route("/login")
 class Login(MethodView):
-    decorators = [login_failures_limit, auth_limit]
+    decorators = [login_failures, auth_budget]
 
     @blp.arguments(LoginSchema)
     @blp.response(200, TokenPairSchema)
@@ -72,7 +51,7 @@ class Login(MethodView):
 
 @blp.route("/refresh")
 class Refresh(MethodView):
-    decorators = [auth_limit]
+    decorators = [auth_budget]
 
     @blp.response(200, TokenPairSchema)
     @blp.alt_response(401, description="Invalid, expired or reused refresh token")
@@ -84,7 +63,7 @@ class Refresh(MethodView):
 
 @blp.route("/logout")
 class Logout(MethodView):
-    decorators = [auth_limit]
+    decorators = [auth_budget]
 
     @blp.response(204)
     @blp.doc(security=[{"bearerAuth": []}])

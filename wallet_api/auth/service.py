@@ -131,3 +131,60 @@ def _revoke_family(family_id: uuid.UUID, now: dt.datetime) -> None:
 def _hash_token(raw: str) -> str:
     key = current_app.config["SETTINGS"].jwt_refresh_secret.encode()
     return hmac.new(key, raw.encode(), hashlib.sha256).hexdigest()
+
+
+# --------------------------------------------------------------------------- the operator console
+#
+# A console sign-in is a login whose token family never leaves the server: one refresh-token row
+# whose raw token is thrown away at once (so nothing can ever refresh it), the family id named by
+# the console's signed session cookie. Its `expires_at` is the session's absolute end and its
+# `revoked_at` the sign-out, so a copied cookie dies with the session it belongs to.
+
+
+def authenticate(*, email: str, password: str) -> User | None:
+    """The user these credentials belong to, or None (an unknown email costs what a wrong password does).
+
+    Rehashes a password hashed with older parameters in the caller's transaction (the caller commits).
+    """
+    user = find_user_by_email(email=email)
+    if not passwords.verify_password(user.password_hash if user else None, password):
+        return None
+    if passwords.needs_rehash(user.password_hash):
+        user.password_hash = passwords.hash_password(password)
+    return user
+
+
+def open_console_session(*, user_id: uuid.UUID, lifetime: dt.timedelta) -> uuid.UUID:
+    """Start a console session of `user_id` ending after `lifetime` at the latest; returns its id."""
+    session_id = uuid.uuid4()
+    db.session.add(RefreshToken(user_id=user_id, family_id=session_id,
+                                token_hash=_hash_token(secrets.token_urlsafe(32)),
+                                expires_at=utcnow() + lifetime))
+    db.session.commit()
+    return session_id
+
+
+def console_session_user(*, user_id: uuid.UUID, session_id: uuid.UUID) -> User | None:
+    """The user of a console session that is neither signed out nor past its end, else None."""
+    return db.session.scalar(
+        select(User).join(RefreshToken, RefreshToken.user_id == User.id)
+        .where(User.id == user_id, RefreshToken.family_id == session_id, RefreshToken.revoked_at.is_(None),
+               RefreshToken.used_at.is_(None), RefreshToken.expires_at > utcnow()))
+
+
+def close_console_session(*, session_id: uuid.UUID) -> None:
+    """Sign a console session out (idempotent: an ended session stays ended)."""
+    _revoke_family(session_id, utcnow())
+    db.session.commit()
+
+
+def find_user_by_email(*, email: str) -> User | None:
+    """The user with this email (compared normalised, as stored), or None."""
+    return db.session.scalar(select(User).where(User.email == email.strip().lower()))
+
+
+def emails_by_id(*, user_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Email addresses of the given users (ids without a user are left out)."""
+    if not user_ids:
+        return {}
+    return dict(db.session.execute(select(User.id, User.email).where(User.id.in_(user_ids))).all())

@@ -5,7 +5,7 @@ import datetime as dt
 import uuid
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from wallet_api.db_types import utcnow
 from wallet_api.errors import Conflict, NotFound, field_error
@@ -62,3 +62,17 @@ def resolve_dlq(*, entry_id: uuid.UUID, action: str, note: str, admin_id: uuid.U
     log.info("dlq_resolved", dlq_id=str(entry.id), event_id=str(entry.event_id), action=action,
              admin_id=str(admin_id))
     return entry
+
+
+def get_dlq_entry(*, entry_id: uuid.UUID) -> DeadLetterQueue:
+    """One DLQ entry, resolved or not, with its payload and failure; 404 when there is none."""
+    entry = db.session.get(DeadLetterQueue, entry_id)
+    if entry is None:
+        raise NotFound("Dead letter entry not found.")
+    return entry
+
+
+def count_unresolved() -> int:
+    """How many entries wait for a human."""
+    return db.session.scalar(select(func.count()).select_from(DeadLetterQueue)
+                             .where(DeadLetterQueue.resolved_at.is_(None)))

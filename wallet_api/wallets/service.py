@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from wallet_api.errors import Conflict, NotFound
@@ -128,6 +128,28 @@ def ledger_page(*, user_id: uuid.UUID, wallet_id: uuid.UUID, limit: int, cursor:
     items = [dict(row) for row in rows[:limit]]
     next_cursor = encode_cursor(items[-1]["id"]) if len(rows) > limit else None
     return Page(items=items, next_cursor=next_cursor)
+
+
+def get_user_wallet(*, wallet_id: uuid.UUID) -> Wallet:
+    """Any user's wallet (for admins); 404 for a system wallet or an unknown id."""
+    wallet = db.session.scalar(select(Wallet).where(Wallet.id == wallet_id, Wallet.user_id.is_not(None)))
+    if wallet is None:
+        raise WalletNotFound("Wallet not found.")
+    return wallet
+
+
+def ledger_page_of_user_wallet(*, wallet_id: uuid.UUID, limit: int, cursor: str | None) -> Page:
+    """Entries of any user's wallet (for admins), paged exactly as its owner sees them."""
+    wallet = get_user_wallet(wallet_id=wallet_id)
+    return ledger_page(user_id=wallet.user_id, wallet_id=wallet_id, limit=limit, cursor=cursor)
+
+
+def count_user_wallets(*, needs_reconciliation: bool | None) -> int:
+    """How many user wallets there are, optionally only (un)flagged ones."""
+    query = select(func.count()).select_from(Wallet).where(Wallet.user_id.is_not(None))
+    if needs_reconciliation is not None:
+        query = query.where(Wallet.needs_reconciliation.is_(needs_reconciliation))
+    return db.session.scalar(query)
 
 
 def create_transfer(*, user_id: uuid.UUID, from_wallet_id: uuid.UUID, to_wallet_id: uuid.UUID,
