@@ -14,7 +14,7 @@ On a scratch PostgreSQL database (made by the migrations) and a Redis db of its 
    (`../shared/baseline/run-pgbench`, or BENCH_PGBENCH_SCRIPT) on the same server in the same run.
 Prints credits/s, the webhook-to-credit lag (p50/p99, from receipt to credit, so it includes the
 wait behind the backlog) and the ratio credits/s / pgbench tx/s. Webhook *acceptance* (the HTTP
-request path) is measured by bench/http.py.
+request path) is measured by bench/request_path.py.
 """
 from __future__ import annotations
 

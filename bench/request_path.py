@@ -35,13 +35,6 @@ The baseline script is ../shared/baseline/run-pgbench from the repository root (
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file is called http.py: without its own folder on the path, `import http` (here and in every
-# library) finds the standard library's package instead of this script.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 import argparse
 import datetime as dt
 import hashlib
@@ -55,11 +48,13 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
