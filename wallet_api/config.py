@@ -99,6 +99,8 @@ class Settings:
     log_level: str = "INFO"
     log_json: bool = False
     version: str = "0.1.0"
+    # Delay before retry n of a failed webhook event (1-based); retries beyond the list reuse the last.
+    webhook_retry_backoff_seconds: tuple[int, ...] = (60, 300, 900, 1800, 3600)
 
     @property
     def is_production(self) -> bool:
@@ -192,6 +194,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["alert_webhook_url"] = values["alert_webhook_url"] or None
     values["migration_database_url"] = values["migration_database_url"] or None
     values["metrics_token"] = values["metrics_token"] or None
+    values["webhook_retry_backoff_seconds"] = _parse_backoff(values["webhook_retry_backoff_seconds"])
     for name in ("alert_credit_spike_threshold", "alert_credit_spike_user_threshold"):
         values[name] = Decimal(values[name])
     return Settings(rate_limits=rate_limits, **values)
@@ -296,6 +299,8 @@ def _declare(env: Env) -> dict:
         backup_retention_days=env.int("BACKUP_RETENTION_DAYS", 30, validate=positive),
         log_level=env.str("LOG_LEVEL", "INFO", validate=OneOf(["DEBUG", "INFO", "WARNING", "ERROR"])),
         log_json=env.bool("LOG_JSON", in_production),
+        webhook_retry_backoff_seconds=env.str("WEBHOOK_RETRY_BACKOFF_SECONDS", ",".join(
+            map(str, default("webhook_retry_backoff_seconds"))), validate=_backoff),
     )
     return values
 
@@ -321,6 +326,28 @@ def _positive_decimal(value: str) -> bool:
         raise ValidationError("Must be a decimal number such as 1000 or 2500.50.") from None
     if not number.is_finite() or number <= 0:
         raise ValidationError("Must be a positive decimal number.")
+    return True
+
+
+def _parse_backoff(value: str) -> tuple[int, ...]:
+    """Retry delays in seconds from "60,300,900": 1 to 20 whole numbers, each from 1 s to a week."""
+    try:
+        delays = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        delays = ()
+    if not 1 <= len(delays) <= 20 or any(not 1 <= delay <= 7 * 24 * 3600 for delay in delays):
+        raise ValueError("Must be 1 to 20 comma-separated delays in seconds, each from 1 to 604800, "
+                         "such as 60,300,900,1800,3600.")
+    return delays
+
+
+def _backoff(value: str) -> bool:
+    from marshmallow import ValidationError
+
+    try:
+        _parse_backoff(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
     return True
 
 
