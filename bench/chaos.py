@@ -15,8 +15,9 @@ that every stored webhook event reached a final state by itself (not a test; tes
    twice; some events that must fail: an unknown externalTransactionId, a currency mismatch, more
    decimals than the currency has) 2-5 times each, shuffled, from --senders concurrent senders that
    retry like MoonPay until they get a 2xx, spread over --duration seconds, while it injects faults
-   on a seeded schedule (FAULT_KINDS below). The last fault is always a Redis outage that ends as the
-   deliveries do, so what it strands has nothing but the sweeper to heal it.
+   on a seeded schedule (FAULT_KINDS below). The default schedule ends with a Redis outage over the
+   last deliveries, and a few completions are held back to arrive only then: what that outage strands
+   in PostgreSQL has no later webhook to ask for a drain, only the periodic webhook-retry job.
 4. Waits, bounded, for every stored event to be processed or dead-lettered; delivers one canary
    purchase and times its credit (the live path, not the sweeper); then checks in SQL: every
    completed purchase credited exactly once with the right amount, nothing credited otherwise,
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -54,6 +54,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -85,7 +86,8 @@ FAULT_KINDS = {
     "dyno-kill": "kill -9 a whole worker dyno (pool and workers); restarted after 1 s, as the platform does",
     "redis-flush": "FLUSHALL: queues, flags, registrations and the periodic schedule gone",
     "redis-restart": "kill -9 redis-server; an empty one on the same port after --redis-down seconds",
-    "pg-terminate": "pg_terminate_backend of every application-role backend of the scratch database",
+    "pg-terminate": "pg_terminate_backend of every application-role backend of the scratch database, with a "
+                    "drain caught mid-transaction among them",
     "web-restart": "SIGTERM gunicorn, start it again (senders retry meanwhile)",
 }
 # The long run's faults come in shuffled rounds of these; the last is always a Redis outage.
@@ -120,8 +122,9 @@ class Options:
 
     @property
     def heal_bound(self) -> float:
-        """The promise: an event stranded by the last fault is swept once stale, by the next webhook-retry
-        run (one interval, plus up to one loop of the scheduler that enqueues it)."""
+        """The promise: an event stranded by the last fault is final at the latest once it is stale and the
+        next webhook-retry run (one interval, plus up to one 5 s loop of the scheduler that enqueues it)
+        has asked for a drain."""
         return self.stale_after + self.retry_interval + LOOP_SECONDS
 
     @property
@@ -582,8 +585,6 @@ class Platform:
 
 def create_accounts(platform: Platform, plan: Plan, *, threads: int = 4) -> None:
     """Users, wallets and on-ramp sessions, through the HTTP API as clients make them."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def call(client: httpx.Client, method: str, path: str, expect: int, token: str | None = None, **body):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         response = client.request(method, path, json=body, headers=headers)
@@ -729,7 +730,7 @@ class Fault:
 def fault_schedule(options: Options, rng: random.Random) -> list[tuple[float, str]]:
     """(seconds after the deliveries start, kind): spread over the run, seeded. The default's last fault
     is a Redis outage over the last deliveries that ends a second after them: the events it strands
-    have no later webhook to ask for a drain, only the sweeper."""
+    have no later webhook to ask for a drain, only the periodic webhook-retry job."""
     if options.faults:
         kinds = list(options.faults)
     else:
@@ -761,9 +762,13 @@ class Injector:
 
     # -- workers
 
-    def worker_kill(self) -> str:
-        """Hold the on-ramp row of a purchase whose next event is about to arrive, wait for the drain that
-        claims that event to block on the row inside its transaction, and kill -9 the worker running it."""
+    @contextlib.contextmanager
+    def drain_caught(self):
+        """Hold the on-ramp row of a purchase whose next event is pending or about to arrive, and wait for the
+        drain that claims that event to block on the row: it is inside its transaction, holding the event
+        row. Yields (worker pid, backend pid, on-ramp id), or None when no drain came within 3 s; the row
+        is released on exit. Whatever happens to the drain must happen well inside its lock_timeout
+        (LEDGER_LOCK_TIMEOUT_MS, 5 s), or it fails the event's run on its own first."""
         lock, monitor = self.database.connect(autocommit=False), self.database.connect()
         try:
             with lock.cursor() as cur:
@@ -771,27 +776,29 @@ class Injector:
                 (lock_pid,) = cur.fetchone()
                 held = self._lock_next_pending(cur, monitor)
             victim = None
-            if held is not None:
-                # Kill well inside the drain's lock_timeout (LEDGER_LOCK_TIMEOUT_MS, 5 s), so the event
-                # is not marked failed first: the process dies holding its transaction open.
-                deadline = time.monotonic() + 3.0
-                while victim is None and time.monotonic() < deadline:
-                    victim = self._worker_blocked_by(lock_pid, monitor)
-                    time.sleep(0.02)
-            if victim is not None:
-                pid, backend = victim
-                self.processes.signal(pid, signal.SIGKILL)
-                time.sleep(0.5)  # the dead worker's backend still waits on our lock, holding the event row
-                detail = (f"pid {pid} killed mid-transaction (backend {backend} waiting on purchase "
-                          f"{held}'s row, holding its event)")
-            else:
-                pid = self._busy_worker()
-                self.processes.signal(pid, signal.SIGKILL)
-                detail = f"pid {pid} killed under load (no drain caught behind the lock)"
+            deadline = time.monotonic() + 3.0
+            while held is not None and victim is None and time.monotonic() < deadline:
+                victim = self._worker_blocked_by(lock_pid, monitor)
+                time.sleep(0.02)
+            yield (*victim, held) if victim else None
         finally:
             lock.rollback()
             lock.close()
             monitor.close()
+
+    def worker_kill(self) -> str:
+        """kill -9 the worker process of a drain caught mid-transaction (else a busy one)."""
+        with self.drain_caught() as caught:
+            if caught is not None:
+                pid, backend, onramp_id = caught
+                self.processes.signal(pid, signal.SIGKILL)
+                time.sleep(0.5)  # the dead worker's backend still waits on our lock, holding the event row
+                detail = (f"pid {pid} killed mid-transaction (its backend {backend} waiting on purchase "
+                          f"{onramp_id}'s row, holding the event's)")
+            else:
+                pid = self._busy_worker()
+                self.processes.signal(pid, signal.SIGKILL)
+                detail = f"pid {pid} killed under load (no drain caught behind the lock)"
         self._replace_if_dyno(pid)
         return detail
 
@@ -865,11 +872,17 @@ class Injector:
     # -- PostgreSQL
 
     def pg_terminate(self) -> str:
-        rows = self.database.rows(
-            "SELECT pg_terminate_backend(pid), state FROM pg_stat_activity WHERE datname = current_database() "
-            "AND usename = %s AND pid <> pg_backend_pid()", (APP_ROLE,))
+        """Terminate every application backend of the scratch database at once, with a drain caught
+        mid-transaction among them when one can be (else whatever is running)."""
+        with self.drain_caught() as caught:
+            rows = self.database.rows(
+                "SELECT pg_terminate_backend(pid), state FROM pg_stat_activity WHERE datname = current_database() "
+                "AND usename = %s", (APP_ROLE,))
         states = Counter(state or "?" for ok, state in rows if ok)
-        return f"{sum(states.values())} backends ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})"
+        detail = f"{sum(states.values())} backends ({', '.join(f'{n} {s}' for s, n in sorted(states.items()))})"
+        if caught is not None:
+            detail += f", among them pid {caught[0]}'s drain mid-transaction (backend {caught[1]})"
+        return detail
 
     # -- web
 
@@ -1104,8 +1117,11 @@ def check(report: Report, platform: Platform) -> None:
     alerts = {kind: (n, subjects) for kind, n, subjects in db.rows(
         "SELECT alert_type, count(*), string_agg(DISTINCT split_part(subject, ':', 2), ', ') FILTER "
         "(WHERE alert_type = 'JOB_CRASH') FROM alert_log GROUP BY alert_type ORDER BY 1")}
+    # Processes of the run whose parent is gone (a killed worker's RQ scheduler fork keeps running).
+    members = set(platform.processes.members())
+    orphans = [pid for pid in members if _ppid(pid) not in members | {os.getpid()} and _alive(pid)]
     report.counts.update(events_processed=len(plan.events) - len(dead), events_dead=len(dead),
-                         events_retried=attempts, events_swept=swept, alerts=alerts)
+                         events_retried=attempts, events_swept=swept, alerts=alerts, orphans=len(orphans))
     credit_times = [float(t) for (t,) in db.rows(
         "SELECT extract(epoch FROM created_at) FROM ledger_transactions WHERE kind = 'onramp_credit' "
         "AND reference <> %s", (f"moonpay:{plan.canary.moonpay_id}",))]
@@ -1251,6 +1267,7 @@ def render(report: Report) -> str:
         f"{report.counts.get('events_dead', '-')} |",
         f"| sound events whose run failed and was retried / events swept after their drain was lost | "
         f"{report.counts.get('events_retried', '-')} / {report.counts.get('events_swept', '-')} |",
+        f"| processes orphaned by a kill, still running at the end | {report.counts.get('orphans', '-')} |",
         f"| alerts raised | " + (", ".join(f"{k} {n}" + (f" ({subjects})" if subjects else "")
                                            for k, (n, subjects) in report.counts.get("alerts", {}).items()) or "-")
         + " |",
