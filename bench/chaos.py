@@ -86,12 +86,14 @@ FAULT_KINDS = {
     "dyno-kill": "kill -9 a whole worker dyno (pool and workers); restarted after 1 s, as the platform does",
     "redis-flush": "FLUSHALL: queues, flags, registrations and the periodic schedule gone",
     "redis-restart": "kill -9 redis-server; an empty one on the same port after --redis-down seconds",
+    "redis-pause": "SIGSTOP redis-server for --redis-down seconds (a hung Redis or a partition: no answer, "
+                   "no refusal), then SIGCONT",
     "pg-terminate": "pg_terminate_backend of every application-role backend of the scratch database, with a "
                     "drain caught mid-transaction among them",
     "web-restart": "SIGTERM gunicorn, start it again (senders retry meanwhile)",
 }
 # The long run's faults come in shuffled rounds of these; the last is always a Redis outage.
-ROUND = ("worker-kill", "redis-flush", "pg-terminate", "web-restart", "dyno-kill", "redis-restart")
+ROUND = ("worker-kill", "redis-flush", "pg-terminate", "web-restart", "dyno-kill", "redis-restart", "redis-pause")
 # Purchases by what MoonPay tells us about them, and how many of each (weights).
 KINDS = {"complete": 66, "failed": 12, "abandoned": 7, "wrong-currency": 5, "bad-precision": 5, "unknown": 5}
 FINAL = ("processed", "dead_lettered")
@@ -628,6 +630,7 @@ class DeliveryStats:
     undelivered: int = 0
     delivered_events: set = field(default_factory=set)
     last_accepted: float = 0.0   # time.time() of the last 2xx
+    answer_seconds: list[float] = field(default_factory=list)  # how long each 2xx took
 
 
 class Senders:
@@ -687,7 +690,7 @@ class Senders:
         delay, give_up = 0.1, time.time() + self.give_up_after
         while not self.stop.is_set():
             header = sign_webhook(body=body, secret=WEBHOOK_SECRET, timestamp=int(time.time()))
-            outcome = None
+            outcome, sent = None, time.monotonic()
             try:
                 response = client.post("/webhooks/moonpay", content=body,
                                        headers={"Moonpay-Signature-V2": header, "Content-Type": "application/json"})
@@ -703,6 +706,7 @@ class Senders:
                         self.stats.accepted += 1
                     self.stats.delivered_events.add(index)
                     self.stats.last_accepted = time.time()
+                    self.stats.answer_seconds.append(time.monotonic() - sent)
                     return
                 if isinstance(outcome, int) and outcome < 500 and outcome != 429:
                     self.stats.refused.append(f"event {index}: {outcome} {response.text[:200]}")
@@ -862,6 +866,14 @@ class Injector:
         keys = client.dbsize()
         client.flushall()
         return f"{keys} keys dropped"
+
+    def redis_pause(self) -> str:
+        self.redis.process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(self.options.redis_down)
+        finally:
+            self.redis.process.send_signal(signal.SIGCONT)
+        return f"no answer for {self.options.redis_down:.1f} s"
 
     def redis_restart(self) -> str:
         self.redis.kill()
@@ -1260,6 +1272,8 @@ def render(report: Report) -> str:
         f"| completions first delivered during the final Redis outage | {report.late_events} |",
         f"| HTTP attempts: 200 new / 200 duplicate / failed and retried | {stats.attempts}: {stats.accepted} / "
         f"{stats.duplicates} / {sum(stats.errors.values())} |",
+        f"| webhook answer time p50 / p99 / max, s (MoonPay wants < 5) | {_quantile(stats.answer_seconds, 0.5):.3f} / "
+        f"{_quantile(stats.answer_seconds, 0.99):.3f} / {max(stats.answer_seconds, default=0):.3f} |",
         f"| what failed the retried attempts | "
         + (", ".join(f"{k} {n}" for k, n in stats.errors.most_common()) or "-") + " |",
         f"| faults | {len(report.faults)}: " + ", ".join(f"{k} {n}" for k, n in sorted(faults.items())) + " |",
@@ -1293,6 +1307,11 @@ def render(report: Report) -> str:
     if len(report.violations) > 50:
         lines.append(f"- ... and {len(report.violations) - 50} more")
     return "\n".join(lines)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 def _since(moment: float | None, origin: float) -> str:
