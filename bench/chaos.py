@@ -28,9 +28,10 @@ that every stored webhook event reached a final state by itself (not a test; tes
 5. Prints the fault schedule, the counts, the healing times and every violation; exit status 1 on
    any violation or on an event left unfinished at the deadline, else 0.
 
-It touches nothing it did not start. Every process it starts carries a random run token in its
-environment; a pid is signalled only while it is a live child of this run or its /proc/<pid>/environ
-holds the token (forked workers inherit it, so a reused pid never matches). PostgreSQL backends are
+It touches nothing it did not start. Every process it starts runs in a session of its own and
+carries a random run token in its environment; a pid is signalled only while it is an unreaped child
+of this run, or is in one of the run's sessions with the token in its /proc/<pid>/environ (forks
+and orphans keep both; a reused pid has neither). PostgreSQL backends are
 terminated only in the scratch database, and only the application role's. Redis commands go to the
 private server only. On exit, Ctrl-C or SIGTERM included, it stops every process of the run, the
 private Redis, and drops the scratch database (unless --keep).
@@ -97,6 +98,8 @@ ROUND = ("worker-kill", "redis-flush", "pg-terminate", "web-restart", "dyno-kill
 # Purchases by what MoonPay tells us about them, and how many of each (weights).
 KINDS = {"complete": 66, "failed": 12, "abandoned": 7, "wrong-currency": 5, "bad-precision": 5, "unknown": 5}
 FINAL = ("processed", "dead_lettered")
+# After recovery one more completion must be credited this fast: by its own drain request, not a sweep.
+CANARY_SECONDS = 5.0
 
 
 @dataclass
@@ -140,14 +143,18 @@ class Options:
 
 
 class Processes:
-    """Starts the run's processes (each in its own session, carrying the run token) and signals only them."""
+    """Starts the run's processes, each in a session of its own and carrying the run token, and signals
+    only them: a process is the run's when its session is one the run started (forks and orphans keep
+    it) and its environment carries the token (so a reused pid or session id never matches). Only
+    those processes' environments are ever read."""
 
     def __init__(self, token: str, log_dir: Path):
         self.token, self.log_dir = token, log_dir
         self.children: list[subprocess.Popen] = []
+        self.services: list[subprocess.Popen] = []  # stopped after the platform (Redis)
         self._mark = f"{RUN_TOKEN_VAR}={token}".encode()
 
-    def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], env: dict[str, str], *, service: bool = False) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "ab")
         try:
             process = subprocess.Popen(argv, cwd=ROOT, env={**env, RUN_TOKEN_VAR: self.token}, stdout=log,
@@ -155,10 +162,19 @@ class Processes:
         finally:
             log.close()
         self.children.append(process)
+        if service:
+            self.services.append(process)
         return process
 
+    @property
+    def sessions(self) -> set[int]:
+        """The sessions this run started (a session's id is its leader's pid)."""
+        return {child.pid for child in self.children}
+
     def ours(self, pid: int) -> bool:
-        """True while `pid` is a process of this run (its environment carries the run token)."""
+        """True while `pid` is a process of this run."""
+        if _sid(pid) not in self.sessions:
+            return False
         try:
             with open(f"/proc/{pid}/environ", "rb") as fh:
                 return self._mark in fh.read().split(b"\0")
@@ -167,11 +183,8 @@ class Processes:
 
     def members(self) -> list[int]:
         """Every live process of this run, forked descendants and orphans included."""
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) != os.getpid() and self.ours(int(entry)):
-                pids.append(int(entry))
-        return pids
+        return [int(entry) for entry in os.listdir("/proc")
+                if entry.isdigit() and int(entry) != os.getpid() and self.ours(int(entry))]
 
     def signal(self, pid: int, sig: int) -> bool:
         """Send `sig` to `pid` if it is ours; False when it is not (or is gone)."""
@@ -197,14 +210,17 @@ class Processes:
         return len(victims)
 
     def stop_all(self, grace: float = 30.0) -> None:
-        """SIGTERM the live children, wait up to `grace`, then kill -9 whatever of the run is left."""
-        for child in self.children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+        """SIGTERM the live children (the platform, then the services), wait up to `grace`, then kill -9
+        whatever of the run is left."""
         deadline = time.monotonic() + grace
-        for child in self.children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        platform = [child for child in self.children if child not in self.services]
+        for group in (platform, self.services):
+            for child in group:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            for child in group:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
         for _ in range(5):
             left = self.members()
             if not left:
@@ -223,6 +239,11 @@ def _stat(pid: int) -> list[str]:
             return fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return []
+
+
+def _sid(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[3]) if fields else None
 
 
 def _pgid(pid: int) -> int | None:
@@ -277,7 +298,7 @@ class PrivateRedis:
     def start(self) -> None:
         self.process = self.processes.spawn("redis", [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(self.dir)], dict(os.environ))
+            "--dir", str(self.dir)], dict(os.environ), service=True)
         _wait(self.answers, timeout=20, what="the private redis-server")
 
     def answers(self) -> bool:
@@ -600,8 +621,9 @@ def create_accounts(platform: Platform, plan: Plan, *, threads: int = 4) -> None
             account["id"] = call(client, "POST", "/auth/register", 201, email=account["email"], password=PASSWORD)["id"]
             account["token"] = call(client, "POST", "/auth/login", 200, email=account["email"],
                                     password=PASSWORD)["access_token"]
-            account["wallets"] = {currency: call(client, "POST", "/wallets", 201, account["token"], currency=currency)["id"]
-                                  for currency in account["currencies"]}
+            account["wallets"] = {
+                currency: call(client, "POST", "/wallets", 201, account["token"], currency=currency)["id"]
+                for currency in account["currencies"]}
 
     def session(p: Purchase) -> None:
         account = plan.users[p.user]
@@ -933,6 +955,7 @@ class Report:
     log_dir: Path | None = None
     database: str = ""
     token: str = ""
+    sessions: set[int] = field(default_factory=set)  # the sessions of every process the run started
 
     @property
     def ok(self) -> bool:
@@ -1010,7 +1033,8 @@ def check(report: Report, platform: Platform) -> None:
             elif credit[0] != 1:
                 v.append(f"purchase {p.index} ({p.moonpay_id}) credited {credit[0]} times")
             elif credit[1] != p.amount or credit[2] != p.wallet_id:
-                v.append(f"purchase {p.index} credited {credit[1]} to {credit[2]}, expected {p.amount} to {p.wallet_id}")
+                v.append(f"purchase {p.index} credited {credit[1]} to {credit[2]}, "
+                         f"expected {p.amount} to {p.wallet_id}")
             if status != "completed" or recorded != p.amount:
                 v.append(f"purchase {p.index} is {status} with amount {recorded}, expected completed with {p.amount}")
         else:
@@ -1054,7 +1078,8 @@ def check(report: Report, platform: Platform) -> None:
     for row in db.rows(
             "SELECT e.id::text, e.event_type, e.external_id, e.external_status, e.payload, e.status, e.attempts, "
             "e.enqueue_count, extract(epoch FROM e.processed_at), extract(epoch FROM d.created_at), "
-            "(SELECT count(*) FROM alert_log a WHERE a.alert_type = 'WEBHOOK_FAILURE' AND a.subject = 'event:' || e.id) "
+            "(SELECT count(*) FROM alert_log a "
+            " WHERE a.alert_type = 'WEBHOOK_FAILURE' AND a.subject = 'event:' || e.id) "
             "FROM webhook_events e LEFT JOIN dead_letter_queue d ON d.event_id = e.id AND d.resolved_at IS NULL"):
         updated_at = json.loads(row[4])["data"].get("updatedAt")
         stored.setdefault((row[1], row[2], row[3], updated_at), []).append(row)
@@ -1179,16 +1204,16 @@ def run(options: Options) -> Report:
         if last_kind == "redis-restart" and last_at < options.duration:
             # The deliveries due while Redis is down at the end (keep a margin: the outage may start late).
             due = len(plan.deliveries) * (options.duration - last_at) / options.duration
-            report_late = hold_back(plan, int(due * 0.6), rng)
+            late = hold_back(plan, int(due * 0.6), rng)
         else:
-            report_late = 0
+            late = 0
         say(f"delivering {len(plan.deliveries)} webhooks ({len(plan.events)} events) over {options.duration:.0f} s "
             f"with {len(schedule)} faults")
         senders = Senders(plan, platform.base_url, count=options.senders, duration=options.duration,
                           give_up_after=options.duration + 120)
         injector = Injector(platform, plan, senders, rng)
         report = Report(options=options, started_at=dt.datetime.now(dt.timezone.utc), plan=plan, faults=[],
-                        late_events=report_late,
+                        late_events=late,
                         stats=senders.stats, deliveries_started=0.0, log_dir=log_dir, database=name,
                         token=token)
         senders.start()
@@ -1208,11 +1233,10 @@ def run(options: Options) -> Report:
         report.finished = wait_for_recovery(database, plan, report.deadline)
         report.timings["sweeper"] = wait_for_sweeper(
             database, report.last_fault_end, max(report.deadline, report.last_fault_end + options.heal_bound))
-        canary_wait = max(3.0, min(15.0, options.stale_after - 1.0))
-        canary = send_canary(platform, plan, canary_wait) if report.finished else None
+        canary = send_canary(platform, plan, CANARY_SECONDS) if report.finished else None
         report.timings["canary"] = canary
         if report.finished and canary is None:
-            report.violations.append(f"the canary purchase was not credited within {canary_wait:.0f} s of its "
+            report.violations.append(f"the canary purchase was not credited within {CANARY_SECONDS:.0f} s of its "
                                      "webhook: the live path did not heal")
         check(report, platform)
         return report
@@ -1225,12 +1249,16 @@ def run(options: Options) -> Report:
         processes.stop_all()
         if redis is not None:
             redis.kill()
+        if report is not None:
+            report.sessions = processes.sessions
         if database is not None and not options.keep:
             database.drop()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous_term)
-        failed = report is None or not report.ok
+        # The logs of a run that failed or crashed are kept for a look; an interrupted one leaves nothing.
+        interrupted = sys.exc_info()[0] is KeyboardInterrupt
+        failed = not interrupted and (report is None or not report.ok)
         if own_dir and not options.keep and not failed:
             shutil.rmtree(log_dir, ignore_errors=True)
             if report is not None:
@@ -1291,7 +1319,8 @@ def render(report: Report) -> str:
         f"| last fault ended (after the first delivery) | {report.last_fault_end - t0:.1f} |",
         f"| last delivery answered | {stats.last_accepted - t0:.1f} |",
         f"| last fault -> last credit | {_since(report.timings.get('last_credit'), report.last_fault_end)} |",
-        f"| last fault -> last event processed | {_since(report.timings.get('last_processed'), report.last_fault_end)} |",
+        f"| last fault -> last event processed | "
+        f"{_since(report.timings.get('last_processed'), report.last_fault_end)} |",
         f"| last fault -> last event dead-lettered | "
         f"{_since(report.timings.get('last_dead_lettered'), report.last_fault_end)} |",
         f"| promise: stale + retry interval + scheduler loop (+ the retries of a failing event) | "
@@ -1301,7 +1330,8 @@ def render(report: Report) -> str:
         f"| canary purchase: webhook -> credit after recovery | "
         + (f"{report.timings['canary']:.2f}" if report.timings.get("canary") is not None else "-") + " |",
         "",
-        f"Violations: {len(report.violations)}" + ("" if report.finished else " (and events unfinished at the deadline)"),
+        f"Violations: {len(report.violations)}"
+        + ("" if report.finished else " (and events unfinished at the deadline)"),
         *(f"- {line}" for line in report.violations[:50]),
     ]
     if len(report.violations) > 50:
@@ -1321,23 +1351,29 @@ def _since(moment: float | None, origin: float) -> str:
 def parse_args(argv: list[str] | None = None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = Options()
-    parser.add_argument("--purchases", type=int, default=defaults.purchases)
-    parser.add_argument("--users", type=int, default=defaults.users)
+    parser.add_argument("--purchases", type=int, default=defaults.purchases, help="on-ramp purchases (default 300)")
+    parser.add_argument("--users", type=int, default=defaults.users, help="users, two crypto wallets each")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="worker dynos (bin/start-worker)")
     parser.add_argument("--worker-processes", type=int, default=defaults.worker_processes,
                         help="WORKER_PROCESSES of each dyno")
-    parser.add_argument("--web-concurrency", type=int, default=defaults.web_concurrency)
-    parser.add_argument("--senders", type=int, default=defaults.senders)
+    parser.add_argument("--web-concurrency", type=int, default=defaults.web_concurrency,
+                        help="gunicorn workers, 4 threads each")
+    parser.add_argument("--senders", type=int, default=defaults.senders, help="concurrent webhook senders")
     parser.add_argument("--duration", type=float, default=defaults.duration, help="seconds of deliveries")
-    parser.add_argument("--fault-every", type=float, default=defaults.fault_every)
+    parser.add_argument("--fault-every", type=float, default=defaults.fault_every,
+                        help="seconds between faults of the default schedule")
     parser.add_argument("--faults", default="", help=f"comma-separated kinds instead: {', '.join(FAULT_KINDS)}")
-    parser.add_argument("--redis-down", type=float, default=defaults.redis_down)
+    parser.add_argument("--redis-down", type=float, default=defaults.redis_down,
+                        help="seconds a redis-restart or redis-pause lasts")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="shuffles and schedule are reproducible")
-    parser.add_argument("--stale-after", type=int, default=defaults.stale_after)
-    parser.add_argument("--retry-interval", type=int, default=defaults.retry_interval)
-    parser.add_argument("--retry-backoff", default=",".join(map(str, defaults.retry_backoff)))
-    parser.add_argument("--max-retries", type=int, default=defaults.max_retries)
-    parser.add_argument("--margin", type=float, default=defaults.margin)
+    parser.add_argument("--stale-after", type=int, default=defaults.stale_after, help="WEBHOOK_STALE_AFTER_SECONDS")
+    parser.add_argument("--retry-interval", type=int, default=defaults.retry_interval,
+                        help="WEBHOOK_RETRY_INTERVAL_SECONDS")
+    parser.add_argument("--retry-backoff", default=",".join(map(str, defaults.retry_backoff)),
+                        help="WEBHOOK_RETRY_BACKOFF_SECONDS")
+    parser.add_argument("--max-retries", type=int, default=defaults.max_retries, help="WEBHOOK_MAX_RETRIES")
+    parser.add_argument("--margin", type=float, default=defaults.margin,
+                        help="seconds past the promised bound before an unfinished event fails the run")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database and the logs")
     parser.add_argument("--log-dir", type=Path)
     args = parser.parse_args(argv)
@@ -1361,7 +1397,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run(options)
     except KeyboardInterrupt:
-        print("interrupted: every process of the run stopped, the scratch database dropped", file=sys.stderr)
+        dropped = "" if options.keep else ", the scratch database dropped"
+        print(f"interrupted: every process of the run stopped{dropped}", file=sys.stderr)
         return 130
     print(render(report))
     if options.keep:
