@@ -113,6 +113,8 @@ class Settings:
     # The operator console's session (wallet_api/admin/console/): idle and absolute lifetimes.
     console_session_idle_minutes: int = 30
     console_session_max_hours: int = 8
+    # Delay before retry n of a failed webhook event (1-based); retries beyond the list reuse the last.
+    webhook_retry_backoff_seconds: tuple[int, ...] = (60, 300, 900, 1800, 3600)
 
     @property
     def is_production(self) -> bool:
@@ -212,6 +214,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     values["cors_allowed_origins"] = tuple(values["cors_allowed_origins"] or ())
     for name in _OPTIONAL_STRINGS:
         values[name] = values[name] or None
+    values["webhook_retry_backoff_seconds"] = _parse_backoff(values["webhook_retry_backoff_seconds"])
     for name in ("alert_credit_spike_threshold", "alert_credit_spike_user_threshold"):
         values[name] = Decimal(values[name])
     return Settings(rate_limits=rate_limits, **values)
@@ -329,6 +332,8 @@ def _declare(env: Env) -> dict:
         console_session_idle_minutes=env.int("CONSOLE_SESSION_IDLE_MINUTES", 30,
                                              validate=Range(min=1, max=24 * 60)),
         console_session_max_hours=env.int("CONSOLE_SESSION_MAX_HOURS", 8, validate=Range(min=1, max=24)),
+        webhook_retry_backoff_seconds=env.str("WEBHOOK_RETRY_BACKOFF_SECONDS", ",".join(
+            map(str, default("webhook_retry_backoff_seconds"))), validate=_backoff),
     )
     return values
 
@@ -380,6 +385,28 @@ def _positive_decimal(value: str) -> bool:
         raise ValidationError("Must be a decimal number such as 1000 or 2500.50.") from None
     if not number.is_finite() or number <= 0:
         raise ValidationError("Must be a positive decimal number.")
+    return True
+
+
+def _parse_backoff(value: str) -> tuple[int, ...]:
+    """Retry delays in seconds from "60,300,900": 1 to 20 whole numbers, each from 1 s to a week."""
+    try:
+        delays = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        delays = ()
+    if not 1 <= len(delays) <= 20 or any(not 1 <= delay <= 7 * 24 * 3600 for delay in delays):
+        raise ValueError("Must be 1 to 20 comma-separated delays in seconds, each from 1 to 604800, "
+                         "such as 60,300,900,1800,3600.")
+    return delays
+
+
+def _backoff(value: str) -> bool:
+    from marshmallow import ValidationError
+
+    try:
+        _parse_backoff(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
     return True
 
 

@@ -173,3 +173,15 @@ def test_env_example_documents_every_variable_and_loads_once_filled(tmp_path):
     filled.update({k: GOOD[k] for k in ("JWT_SECRET", "JWT_REFRESH_SECRET", "MOONPAY_WEBHOOK_SECRET",
                                         "MOONPAY_SECRET_KEY", "WEBHOOK_ALLOWED_IPS")})
     assert load_settings(filled).is_production
+
+
+def test_the_webhook_retry_backoff_defaults_to_minutes_and_may_be_shortened():
+    assert load_settings(GOOD).webhook_retry_backoff_seconds == (60, 300, 900, 1800, 3600)
+    assert load_settings({**GOOD, "WEBHOOK_RETRY_BACKOFF_SECONDS": "2, 5"}).webhook_retry_backoff_seconds == (2, 5)
+
+
+@pytest.mark.parametrize("value", ["0", "a,b", "60,-1", ",", "60,,300", "1.5", ",".join(["1"] * 21), "604801"])
+def test_a_malformed_webhook_retry_backoff_is_named(value):
+    with pytest.raises(ConfigError) as info:
+        load_settings({**GOOD, "WEBHOOK_RETRY_BACKOFF_SECONDS": value})
+    assert list(info.value.problems) == ["WEBHOOK_RETRY_BACKOFF_SECONDS"]

@@ -209,3 +209,16 @@ def test_processing_outcomes_are_counted(clock_app, failing_event):
     before = WEBHOOK_EVENTS.labels("moonpay", "process", "retry_scheduled")._value.get()
     clock_app.process(failing_event, T0)
     assert WEBHOOK_EVENTS.labels("moonpay", "process", "retry_scheduled")._value.get() == before + 1
+
+
+def test_the_retry_delays_come_from_settings(make_settings_app, failing_event, books):
+    app = make_settings_app(webhook_max_retries=3, webhook_retry_backoff_seconds=(2, 5))
+    at, delays = T0, []
+    with app.app_context():
+        for _ in range(3):
+            assert process_event(event_id=failing_event, now=at) == "retry_scheduled"
+            db.session.remove()
+            delays.append((books.event(failing_event)["next_attempt_at"] - at).total_seconds())
+            at += dt.timedelta(hours=2)
+        assert process_event(event_id=failing_event, now=at) == "dead_lettered"
+    assert delays == [2, 5, 5]  # retries beyond the list wait its last delay

@@ -40,7 +40,7 @@ does only cheap, local work and PostgreSQL (never Redis) holds everything that m
    more decimals than the currency allows - never rounded -, a conflicting terminal status...)
    rolls back its own work and records attempts, last_error and next_attempt_at in the same
    transaction. The first run is followed by up to WEBHOOK_MAX_RETRIES retries, 1, 5, 15, 30
-   and 60 minutes apart (`apply_job.RETRY_BACKOFF`); when the last one fails the event is parked
+   and 60 minutes apart (WEBHOOK_RETRY_BACKOFF_SECONDS); when the last one fails the event is parked
    in the dead letter queue (`dead_letters.py`) and a WEBHOOK_FAILURE alert (high) is raised.
    Infrastructure errors (the database gone) raise instead, and RQ's own Retry re-runs the job.
 

@@ -39,8 +39,6 @@ from wallet_api.wallets.models import SystemAccount
 log = structlog.get_logger(__name__)
 
 MAX_ERROR_LENGTH = 2000
-# Delay before retry n (1-based); retries beyond the list reuse the last delay.
-RETRY_BACKOFF = tuple(dt.timedelta(minutes=m) for m in (1, 5, 15, 30, 60))
 
 
 # The job was stopped (warm shutdown, job timeout), not refused: these must not consume an attempt.
@@ -186,7 +184,9 @@ def _record_failure(*, event: WebhookEvent, reason: str, now: dt.datetime, setti
             metadata={"provider": event.provider, "external_id": event.external_id,
                       "event_id": str(event.id), "failure_reason": reason, "attempts": event.attempts})
         return "dead_lettered"
-    delay = RETRY_BACKOFF[min(retries_used, len(RETRY_BACKOFF) - 1)]
+    # Delay before retry n (1-based, WEBHOOK_RETRY_BACKOFF_SECONDS); retries beyond the list reuse the last.
+    backoff = settings.webhook_retry_backoff_seconds
+    delay = dt.timedelta(seconds=backoff[min(retries_used, len(backoff) - 1)])
     event.status = EventStatus.RETRY_SCHEDULED
     event.next_attempt_at = now + delay
     event.outcome = "retry_scheduled"

@@ -30,7 +30,7 @@ DRAIN_REQUESTED = "wallet_api:webhooks:drain-requested"
 # Bounds the life of a flag whose job was lost with part of Redis: new events then queue a drain again.
 DRAIN_REQUESTED_TTL_SECONDS = 60
 # RQ-level retries cover infrastructure failures only (the database unreachable, a worker killed);
-# business failures are retried from the database with apply_job.RETRY_BACKOFF.
+# business failures are retried from the database after WEBHOOK_RETRY_BACKOFF_SECONDS.
 RQ_RETRY_INTERVALS = (15, 60, 300)
 
 
