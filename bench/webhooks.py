@@ -171,6 +171,8 @@ def run_round(database_url: str, env, events: int, workers: int) -> dict:
     connection = Redis.from_url(REDIS_URL)
     connection.flushdb()
     app = make_app(env)
+    # The ledger is append-only, so earlier rounds' credits stay: count this round's only.
+    credits_before = scalar(database_url, "SELECT count(*) FROM ledger_transactions WHERE kind = 'onramp_credit'")
     log(f"  seeding {events} purchases ...")
     purchases = seed(app, events)
     suspend(connection)
@@ -194,7 +196,7 @@ def run_round(database_url: str, env, events: int, workers: int) -> dict:
                     "JOIN webhook_events e ON e.external_id = o.moonpay_transaction_id ORDER BY 1")
         lags = [float(row[0]) for row in cur.fetchall()]
         cur.execute("SELECT count(*) FROM ledger_transactions WHERE kind = 'onramp_credit'")
-        credits = cur.fetchone()[0]
+        credits = cur.fetchone()[0] - credits_before
         cur.execute("SELECT count(*) FROM wallets w WHERE user_id IS NOT NULL AND balance <> "
                     "(SELECT coalesce(sum(amount), 0) FROM ledger_entries WHERE wallet_id = w.id)")
         off = cur.fetchone()[0]
