@@ -29,13 +29,13 @@ class StubMoonPay:
         httpserver.expect_request(re.compile(r"^/v1/transactions.*")).respond_with_handler(self.handle)
 
     def add(self, moonpay_id, *, status="completed", amount="0.05", currency="eth", onramp_id=None, user_id=None,
-            created=NOW - dt.timedelta(minutes=30)) -> str:
+            created=NOW - dt.timedelta(minutes=30), updated=None) -> str:
         self.transactions[moonpay_id] = {
             "id": moonpay_id, "status": status, "quoteCurrencyAmount": amount, "baseCurrencyAmount": "100",
             "currency": {"code": currency}, "baseCurrency": {"code": "usd"},
             "externalTransactionId": str(onramp_id) if onramp_id else None,
             "externalCustomerId": str(user_id) if user_id else None,
-            "createdAt": created.isoformat().replace("+00:00", "Z"), "updatedAt": created.isoformat()}
+            "createdAt": created.isoformat().replace("+00:00", "Z"), "updatedAt": (updated or created).isoformat()}
         return moonpay_id
 
     def handle(self, request: Request) -> Response:
@@ -201,3 +201,47 @@ def test_a_moonpay_that_fails_or_answers_garbage_fails_the_run_with_job_crash(
     assert run["status"] == "failed" and "MoonPay" in run["error"]
     (alert,) = books.read("SELECT alert_type, metadata FROM alert_log")
     assert alert["alert_type"] == "JOB_CRASH" and alert["metadata"]["job_name"] == "provider-reconciliation"
+
+
+@pytest.fixture
+def scheduled_run(provider_app, books):
+    """scheduled_run(now) -> counts: one run through the job runner, as the scheduler runs it (so the
+    next run sees this one's window and deferrals)."""
+    from wallet_api.jobs.runner import run_job
+
+    def run(now):
+        with provider_app.app_context():
+            run_job("provider-reconciliation", lambda: run_provider_reconciliation(now=now))
+            db.session.remove()
+        return books.read("SELECT counts FROM job_runs ORDER BY created_at DESC LIMIT 1")[0]["counts"]
+
+    return run
+
+
+def test_a_purchase_completed_moments_ago_is_deferred_then_alerted_if_still_not_credited(
+        scheduled_run, moonpay, onramp, user, books):
+    onramp_id, _ = onramp(user, "ETH")
+    # Created hours ago (outside the next run's window), completed a minute ago: its webhook may be on its way.
+    moonpay.add("mp_fresh", onramp_id=onramp_id, user_id=user.id, created=NOW - dt.timedelta(hours=3),
+                updated=NOW - dt.timedelta(minutes=1))
+    first = scheduled_run(NOW)
+    assert first["deferred"] == ["mp_fresh"] and first["mismatches"] == 0
+    assert mismatches(books) == {}
+    # Past the pipeline's promise (stale-after plus one retry interval) and still not credited: lost.
+    second = scheduled_run(NOW + dt.timedelta(minutes=20))
+    assert dt.datetime.fromisoformat(str(second["window_start"])) > NOW - dt.timedelta(hours=3)
+    assert second["deferred"] == []
+    assert mismatches(books)["moonpay:mp_fresh"]["metadata"]["kind"] == "completed_not_credited"
+
+
+def test_a_purchase_whose_webhook_is_still_being_processed_is_not_a_lost_webhook(
+        scheduled_run, moonpay, client, run_jobs, onramp, user, books):
+    onramp_id, _ = onramp(user, "ETH")
+    moonpay.add("mp_busy", onramp_id=onramp_id, user_id=user.id, created=NOW - dt.timedelta(hours=2))
+    # Stored and queued, not yet applied by a worker.
+    post_webhook(client, moonpay_event(onramp_id=onramp_id, user_id=user.id, moonpay_id="mp_busy", amount="0.05"))
+    assert scheduled_run(NOW)["deferred"] == ["mp_busy"]
+    run_jobs()
+    later = scheduled_run(NOW + dt.timedelta(minutes=20))
+    assert later["deferred"] == [] and later["mismatches"] == 0
+    assert mismatches(books) == {}

@@ -16,6 +16,13 @@ back PROVIDER_RECONCILIATION_LOOKBACK_HOURS), and compares them with our on-ramp
 - more than one credit for one MoonPay transaction (`duplicate_credit`).
 
 Each finding is one PROVIDER_MISMATCH alert (high) per MoonPay transaction; nothing is corrected.
+
+A purchase MoonPay completed moments ago, or whose webhook we hold and are still working on
+(pending, or waiting for a retry), is not a lost webhook yet: the pipeline promises to finish it
+(or dead-letter it, with its own alert) within WEBHOOK_STALE_AFTER_SECONDS plus one
+WEBHOOK_RETRY_INTERVAL_SECONDS. Such a `completed_not_credited` is deferred: the run records its id
+(`deferred` in the run's counts) and the next run looks it up by id, whatever its window, and
+alerts if it is still not credited then.
 MoonPay unreachable or answering garbage fails the run (JOB_CRASH, through the job runner), so
 the next run covers the same window again.
 """
@@ -73,6 +80,11 @@ _CREDITS_CREATED_BETWEEN = text("""
     LEFT JOIN onramp_transactions o ON o.ledger_transaction_id = t.id
     WHERE t.kind = :kind AND t.created_at >= :start AND t.created_at < :end""")
 
+_EVENTS_IN_FLIGHT = text("""
+    SELECT DISTINCT external_id FROM webhook_events
+    WHERE provider = 'moonpay' AND external_id = ANY(CAST(:moonpay_ids AS text[]))
+      AND status IN ('pending', 'retry_scheduled')""")
+
 _ONRAMPS_FOR = text("""
     SELECT id, moonpay_transaction_id, status FROM onramp_transactions
     WHERE id = ANY(CAST(:ids AS uuid[])) OR moonpay_transaction_id = ANY(CAST(:moonpay_ids AS text[]))""")
@@ -82,41 +94,51 @@ def run_provider_reconciliation(*, api: MoonPayApi | None = None, now: dt.dateti
     """Compare MoonPay's transactions of the window with our credits; returns the run's counts."""
     settings = current_app.config["SETTINGS"]
     end = now or utcnow()
-    start = _window_start(end)
+    previous = last_success(JOB_NAME)
+    start = _window_start(end, previous)
     client = api or moonpay_api(settings)
     provider = {tx.id: tx for tx in client.list_transactions(start=start, end=end)}
+    still_deferred = list((previous.counts or {}).get("deferred") or []) if previous else []
 
-    credits = _credits_by_moonpay_id(list(provider))
+    credits = _credits_by_moonpay_id(list(provider) + still_deferred)
     local_in_window = _credits_created_between(start, end)
     for moonpay_id, found in local_in_window.items():
         credits.setdefault(moonpay_id, found)
-    # Our credits MoonPay's list lacks (it filters on its own creation date): ask for each one.
-    for moonpay_id in sorted(set(credits) - set(provider)):
+    # Our credits MoonPay's list lacks (it filters on its own creation date), and what the previous
+    # run deferred: ask for each one.
+    for moonpay_id in sorted((set(credits) | set(still_deferred)) - set(provider)):
         looked_up = client.get_transaction(moonpay_id)
         if looked_up is not None:
             provider[moonpay_id] = looked_up
 
     onramps = _onramps_for(provider.values())
-    specs = []
+    in_flight = _events_in_flight(list(provider))
+    settled_before = end - dt.timedelta(seconds=settings.webhook_stale_after_seconds
+                                        + settings.webhook_retry_interval_seconds)
+    specs, deferred = [], []
     for moonpay_id in sorted(set(provider) | set(credits)):
-        finding = _compare(provider.get(moonpay_id), credits.get(moonpay_id, []))
-        if finding is not None:
-            kind, detail = finding
-            specs.append(_alert(kind=kind, detail=detail, moonpay_id=moonpay_id, tx=provider.get(moonpay_id),
-                                credits=credits.get(moonpay_id, []), onramp=onramps.get(moonpay_id)))
+        tx = provider.get(moonpay_id)
+        finding = _compare(tx, credits.get(moonpay_id, []))
+        if finding is None:
+            continue
+        kind, detail = finding
+        if kind == "completed_not_credited" and (moonpay_id in in_flight or _changed_after(tx, settled_before)):
+            deferred.append(moonpay_id)
+            continue
+        specs.append(_alert(kind=kind, detail=detail, moonpay_id=moonpay_id, tx=tx,
+                            credits=credits.get(moonpay_id, []), onramp=onramps.get(moonpay_id)))
     raised = raise_alerts(specs)
     db.session.commit()
     counts = {"window_start": start, "window_end": end, "provider_transactions": len(provider),
               "local_credits": sum(len(found) for found in credits.values()), "mismatches": len(specs),
-              "alerts_new": len(raised.new), "alerts_repeated": len(raised.repeated)}
+              "alerts_new": len(raised.new), "alerts_repeated": len(raised.repeated), "deferred": deferred}
     if specs:
         log.error("provider_reconciliation_mismatches", **counts)
     return counts
 
 
-def _window_start(end: dt.datetime) -> dt.datetime:
+def _window_start(end: dt.datetime, previous) -> dt.datetime:
     settings = current_app.config["SETTINGS"]
-    previous = last_success(JOB_NAME)
     previous_end = (previous.counts or {}).get("window_end") if previous else None
     if previous_end:
         return dt.datetime.fromisoformat(previous_end) - dt.timedelta(
@@ -186,6 +208,27 @@ def _group(rows) -> dict[str, list[LocalCredit]]:
     for row in rows.mappings():
         grouped[row["moonpay_id"]].append(LocalCredit(**row))
     return dict(grouped)
+
+
+def _events_in_flight(moonpay_ids: list[str]) -> set[str]:
+    """MoonPay ids with a stored webhook event we have not finished (pending or waiting to retry)."""
+    if not moonpay_ids:
+        return set()
+    return set(db.session.scalars(_EVENTS_IN_FLIGHT, {"moonpay_ids": moonpay_ids}))
+
+
+def _changed_after(tx: MoonPayTransaction, moment: dt.datetime) -> bool:
+    """True when MoonPay last changed `tx` after `moment` (its updatedAt; createdAt without one)."""
+    stamp = tx.updated_at or tx.created_at
+    if not stamp:
+        return False
+    try:
+        changed = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return False  # unreadable: judge it now rather than defer it forever
+    if changed.tzinfo is None:
+        changed = changed.replace(tzinfo=dt.timezone.utc)
+    return changed > moment
 
 
 def _onramps_for(transactions) -> dict[str, dict]:
