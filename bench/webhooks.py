@@ -171,10 +171,10 @@ def run_round(database_url: str, env, events: int, workers: int) -> dict:
     connection = Redis.from_url(REDIS_URL)
     connection.flushdb()
     app = make_app(env)
-    # The ledger is append-only, so earlier rounds' credits stay: count this round's only.
-    credits_before = scalar(database_url, "SELECT count(*) FROM ledger_transactions WHERE kind = 'onramp_credit'")
     log(f"  seeding {events} purchases ...")
     purchases = seed(app, events)
+    # The ledger is append-only, so earlier rounds' credits stay: count this round's only.
+    credits_before = scalar(database_url, "SELECT count(*) FROM ledger_transactions WHERE kind = 'onramp_credit'")
     suspend(connection)
     log(f"  accepting {events} webhooks (RQ suspended) ...")
     accept_backlog(app, purchases)

@@ -218,6 +218,30 @@ def test_an_applied_credit_checks_for_a_spike_at_once(app, client, user, onramp,
     assert Decimal(books.onramp(onramp_id)["provider_base_amount"]) == Decimal("600.00")
 
 
+def test_credits_check_the_platform_window_at_most_once_per_interval(
+        app, client, make_user, onramp, run_jobs, books, redis_client):
+    from tests.onramp.support import Num, moonpay_event, post_webhook
+    from wallet_api.onramp.apply_job import PLATFORM_CHECKED
+    from wallet_api.onramp.credit_spike import PLATFORM_CHECK_EVERY_SECONDS
+
+    def buy(amount):
+        buyer = make_user()
+        onramp_id, _ = onramp(buyer, "ETH", base_amount=amount)
+        post_webhook(client, moonpay_event(onramp_id=onramp_id, user_id=buyer.id, moonpay_id=f"mp_{onramp_id}",
+                                           baseCurrencyAmount=Num(amount)))
+        run_jobs()
+        assert books.onramp(onramp_id)["status"] == "completed"
+
+    buy("400.00")  # checks the platform (400 of 1000) and starts the interval
+    assert 0 < redis_client.ttl(PLATFORM_CHECKED) <= PLATFORM_CHECK_EVERY_SECONDS
+    buy("400.00")
+    buy("400.00")  # 1200 platform-wide, but the platform was checked moments ago
+    assert "platform:USD" not in spikes(books)
+    redis_client.delete(PLATFORM_CHECKED)  # the interval has passed
+    buy("10.00")
+    assert "platform:USD" in spikes(books)
+
+
 def test_the_threshold_settings_are_read_from_the_environment():
     from tests.conftest import TEST_JWT_SECRET, TEST_REFRESH_SECRET
     from wallet_api.config import ConfigError, load_settings

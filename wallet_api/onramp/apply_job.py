@@ -17,6 +17,7 @@ from decimal import DecimalException
 import structlog
 from flask import current_app
 from rq.exceptions import ShutDownImminentException
+from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,17 +29,19 @@ from wallet_api.errors import ApiError, describe_exception
 from wallet_api.extensions import db
 from wallet_api.metrics import record_webhook, timed
 from wallet_api.onramp import moonpay
-from wallet_api.onramp.credit_spike import check_credit_spikes
+from wallet_api.onramp.credit_spike import PLATFORM_CHECK_EVERY_SECONDS, check_credit_spikes
 from wallet_api.onramp.dead_letters import dead_letter
 from wallet_api.onramp.drain_queue import drain_started, request_drain_now
 from wallet_api.onramp.models import EventStatus, OnrampStatus, OnrampTransaction, WebhookEvent
 from wallet_api.onramp.moonpay import PROVIDER, MoonPayTransaction
+from wallet_api.queues import redis_connection
 from wallet_api.wallets import amounts, ledger
 from wallet_api.wallets.models import SystemAccount
 
 log = structlog.get_logger(__name__)
 
 MAX_ERROR_LENGTH = 2000
+PLATFORM_CHECKED = "wallet_api:credit-spike:platform-checked"
 
 
 # The job was stopped (warm shutdown, job timeout), not refused: these must not consume an attempt.
@@ -149,10 +152,19 @@ def _process_locked(event: WebhookEvent, *, now: dt.datetime) -> str:
     return outcome
 
 
+def _platform_check_due() -> bool:
+    """True for one credit per PLATFORM_CHECK_EVERY_SECONDS across all workers (a Redis flag); true
+    when Redis cannot say, since checking too often costs time and missing a spike costs money."""
+    try:
+        return bool(redis_connection().set(PLATFORM_CHECKED, "1", nx=True, ex=PLATFORM_CHECK_EVERY_SECONDS))
+    except RedisError:
+        return True
+
+
 def _check_credit_spikes(*, user_id: uuid.UUID, now: dt.datetime) -> None:
     """After the credit's own commit: a failing check must never undo or retry a credit."""
     try:
-        check_credit_spikes(user_id=user_id, now=now)
+        check_credit_spikes(user_id=user_id, now=now, platform=_platform_check_due())
         db.session.commit()
     except Exception:  # noqa: BLE001 - the wallet reconciliation job checks again
         db.session.rollback()
