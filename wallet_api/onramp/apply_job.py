@@ -123,10 +123,11 @@ def _process_locked(event: WebhookEvent, *, now: dt.datetime) -> str:
     settings = current_app.config["SETTINGS"]
     session = db.session
     with timed() as elapsed:
-        event.attempts += 1
-        event.last_attempt_at = now
+        # Counted after the savepoint, in the event's one UPDATE: begin_nested flushes pending changes,
+        # so counting first would cost a round trip of its own. A crash rolls either back the same.
+        attempt = event.attempts + 1
         log_context = dict(event_id=str(event.id), external_id=event.external_id,
-                           external_status=event.external_status, attempt=event.attempts)
+                           external_status=event.external_status, attempt=attempt)
         credited_user = None
         try:
             with session.begin_nested():
@@ -136,10 +137,12 @@ def _process_locked(event: WebhookEvent, *, now: dt.datetime) -> str:
             if isinstance(exc, _INTERRUPTIONS) or getattr(exc, "connection_invalidated", False):
                 raise  # not the event's fault: roll everything back and let RQ run the job again
             reason = _describe(exc)
+            event.attempts, event.last_attempt_at = attempt, now
             outcome = _record_failure(event=event, reason=reason, now=now, settings=settings)
             session.commit()
             log.warning("webhook_processing_failed", outcome=outcome, reason=reason, **log_context)
         else:
+            event.attempts, event.last_attempt_at = attempt, now
             event.status = EventStatus.PROCESSED
             event.outcome = outcome
             event.processed_at = now
