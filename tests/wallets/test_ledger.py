@@ -194,6 +194,23 @@ def test_commit_false_leaves_the_transaction_to_the_caller(app, make_wallet, boo
     assert books.balance(wallet) == Decimal("3.00")
 
 
+def test_commit_false_puts_the_callers_lock_timeout_back_on_every_path(app, funded_wallet, make_wallet):
+    wallet, other = funded_wallet("5.00"), make_wallet()
+    with app.app_context():
+        db.session.execute(text("SET LOCAL lock_timeout = '1234ms'"))
+        k = key(other)
+        ledger.credit(wallet_id=other, amount=Decimal("1.00"), idempotency_key=k, kind="deposit", commit=False)
+        replay = ledger.credit(wallet_id=other, amount=Decimal("1.00"), idempotency_key=k, kind="deposit",
+                               commit=False)
+        assert replay.replayed
+        assert db.session.execute(text("SHOW lock_timeout")).scalar() == "1234ms"
+        with pytest.raises(InsufficientFunds):
+            ledger.debit(wallet_id=wallet, amount=Decimal("9.00"), idempotency_key=key(wallet, "debit"),
+                         kind="withdrawal", commit=False)
+        assert db.session.execute(text("SHOW lock_timeout")).scalar() == "1234ms"
+        db.session.rollback()
+
+
 def test_commit_false_replay_and_refusal_keep_the_callers_transaction_usable(app, funded_wallet, books):
     wallet = funded_wallet("5.00")
     k = key(wallet, "debit")

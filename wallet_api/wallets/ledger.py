@@ -299,7 +299,9 @@ def _counter_key(key: str, move: _Movement, counter_wallet_id: uuid.UUID) -> str
 
 
 # The write path is three round trips after psycopg2's BEGIN: 1. lock timeout, row locks, then the
-# locked rows and the idempotency lookup; 2. every insert and balance update; 3. COMMIT. The two
+# locked rows and the idempotency lookup; 2. every insert and balance update; 3. COMMIT. Inside a
+# caller's transaction the caller's lock timeout is saved in the first and put back in the second,
+# so the ledger's own setting costs no round trip of its own there either. The two
 # statements are plain driver SQL (psycopg2's %(name)s parameters) run with exec_driver_sql: no
 # compilation per call, and SQLAlchemy still wraps errors (OperationalError, IntegrityError) and
 # handles disconnects.
@@ -309,6 +311,7 @@ def _counter_key(key: str, move: _Movement, counter_wallet_id: uuid.UUID) -> str
 # which runs once the FOR UPDATE has the locks, sees everything committed while we waited: the
 # latest balances and an idempotency key committed by a concurrent duplicate.
 _LOCK_AND_LOOK_UP = """
+    SELECT set_config('wallet_api.caller_lock_timeout', current_setting('lock_timeout'), true);
     SELECT set_config('lock_timeout', %(lock_timeout)s, true);
     SELECT 1 FROM wallets WHERE id = ANY(CAST(%(ids)s AS uuid[])) AND user_id IS NOT NULL
     ORDER BY id FOR UPDATE;
@@ -342,8 +345,11 @@ _WRITE = """
     )
     SELECT (SELECT created_at FROM tx) AS created_at, legs.id, legs.idempotency_key FROM legs"""
 
-_RESTORE_LOCK_TIMEOUT = text("SELECT set_config('lock_timeout', :value, true)")
-_CURRENT_LOCK_TIMEOUT = text("SELECT current_setting('lock_timeout')")
+# A SET LOCAL made inside a savepoint that is released lasts for the caller's whole transaction.
+# The rows are locked by then, and the write cannot wait on a lock of its own (a duplicate of the
+# same key needs the same wallet locks first), so the caller's timeout is back before it runs.
+_RESTORE_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', current_setting('wallet_api.caller_lock_timeout'), true)"
+_WRITE_NESTED = f"{_RESTORE_LOCK_TIMEOUT};\n{_WRITE}"
 
 
 def _run_owned(session: Session, move: _Movement) -> LedgerResult:
@@ -385,10 +391,9 @@ def _apply_reconnecting(session: Session, move: _Movement) -> LedgerResult:
 
 def _run_nested(session: Session, move: _Movement) -> LedgerResult:
     """commit=False: the caller's transaction; our writes sit in a SAVEPOINT and are only flushed."""
-    previous_lock_timeout = session.execute(_CURRENT_LOCK_TIMEOUT).scalar_one()
     savepoint = session.begin_nested()
     try:
-        result = _apply(session, move)
+        result = _apply(session, move, nested=True)
     except IntegrityError as exc:
         savepoint.rollback()  # also undoes the SET LOCAL
         return _replay_after_conflict(session, move, exc)
@@ -399,8 +404,6 @@ def _run_nested(session: Session, move: _Movement) -> LedgerResult:
         savepoint.rollback()
         raise
     savepoint.commit()
-    # A SET LOCAL made inside a released savepoint would last for the caller's whole transaction.
-    session.execute(_RESTORE_LOCK_TIMEOUT, {"value": previous_lock_timeout})
     return result
 
 
@@ -414,8 +417,12 @@ def _busy_or(exc: OperationalError) -> Exception:
     return exc
 
 
-def _apply(session: Session, move: _Movement) -> LedgerResult:
-    """Lock, look the key up, check, write. Raises without writing anything on any refusal."""
+def _apply(session: Session, move: _Movement, *, nested: bool = False) -> LedgerResult:
+    """Lock, look the key up, check, write. Raises without writing anything on any refusal.
+
+    nested: inside the caller's transaction (a savepoint), whose lock timeout is put back before
+    returning.
+    """
     timeout_ms = int(current_app.config["SETTINGS"].ledger_lock_timeout_ms)
     rows = session.connection().exec_driver_sql(_LOCK_AND_LOOK_UP, {
         "lock_timeout": f"{timeout_ms}ms", "ids": move.user_wallet_ids, "key": move.idempotency_key,
@@ -437,6 +444,8 @@ def _apply(session: Session, move: _Movement) -> LedgerResult:
     (currency,) = currencies
     row = rows[0]
     if row.existing is not None:
+        if nested:
+            session.connection().exec_driver_sql(_RESTORE_LOCK_TIMEOUT)
         return _replayed(session, move, transaction_id=row.existing)
 
     amounts.check_amount(move.amount, currency)
@@ -461,7 +470,7 @@ def _apply(session: Session, move: _Movement) -> LedgerResult:
 
     transaction_id = uuid.uuid4()
     user_legs = [(wallet_id, after) for wallet_id, _, after, _ in legs if after is not None]
-    written = session.connection().exec_driver_sql(_WRITE, {
+    written = session.connection().exec_driver_sql(_WRITE_NESTED if nested else _WRITE, {
         "id": transaction_id, "kind": move.kind, "currency": currency, "amount": move.amount,
         "reference": move.reference, "key": move.idempotency_key, "initiated_by": move.initiated_by,
         "metadata": _json(move.metadata or {}),
