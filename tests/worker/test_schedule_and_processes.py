@@ -87,31 +87,22 @@ def test_a_registration_whose_job_data_was_lost_is_registered_again(scheduler, s
 
 
 @pytest.mark.parametrize("script", ["start-worker", "start-scheduler"])
-def test_processes_fail_fast_naming_bad_configuration(settings, script):
-    env = worker_env(settings, JWT_SECRET="short", MOONPAY_WEBHOOK_SECRET="")
-    env.pop("MOONPAY_SECRET_KEY")
-    result = subprocess.run([str(ROOT / "bin" / script)], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 1
-    for name in ("JWT_SECRET", "MOONPAY_WEBHOOK_SECRET", "MOONPAY_SECRET_KEY"):
-        assert name in result.stderr
-    assert "short" not in result.stderr  # the message names variables, never their values
-
-
-@pytest.mark.parametrize("script", ["start-worker", "start-scheduler"])
-def test_a_process_started_while_redis_is_down_waits_for_it_and_stops_on_sigterm(settings, script):
+def test_a_process_started_while_redis_is_down_waits_for_it_and_stops_on_sigterm(settings, script, tmp_path):
     env = worker_env(settings, REDIS_URL="redis://127.0.0.1:1/0", LOG_LEVEL="INFO")
-    process = subprocess.Popen([str(ROOT / "bin" / script)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        with pytest.raises(subprocess.TimeoutExpired):
-            process.wait(timeout=4)  # still waiting for Redis, not exited
-        process.send_signal(signal.SIGTERM)
-        output = finish(process, timeout=15)
-    finally:
-        kill_tree(process.pid)
-    assert process.returncode == 0, output
-    assert ("worker_waiting_for_redis" if script == "start-worker" else "scheduler_redis_unavailable") in output
+    marker = "worker_waiting_for_redis" if script == "start-worker" else "scheduler_redis_unavailable"
+    log_path = tmp_path / "process.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen([str(ROOT / "bin" / script)], cwd=ROOT, env=env, stdout=log_file,
+                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            # Waiting, not exited: its own line says so (a loaded machine may take seconds to import).
+            wait_for(lambda: marker in log_path.read_text(), timeout=60, message=marker)
+            assert process.poll() is None
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=15)
+        finally:
+            kill_tree(process.pid)
+    assert process.returncode == 0, log_path.read_text()
 
 
 def _start_scheduler(settings) -> subprocess.Popen:
