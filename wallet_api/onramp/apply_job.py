@@ -23,13 +23,13 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from wallet_api.alerts.models import AlertType
-from wallet_api.alerts.service import raise_alert
+from wallet_api.alerts.service import raise_alert, raise_alerts
 from wallet_api.db_types import utcnow
 from wallet_api.errors import ApiError, describe_exception
 from wallet_api.extensions import db
 from wallet_api.metrics import record_webhook, timed
 from wallet_api.onramp import moonpay
-from wallet_api.onramp.credit_spike import PLATFORM_CHECK_EVERY_SECONDS, check_credit_spikes
+from wallet_api.onramp.credit_spike import PLATFORM_CHECK_EVERY_SECONDS, find_credit_spikes
 from wallet_api.onramp.dead_letters import dead_letter
 from wallet_api.onramp.drain_queue import drain_started, request_drain_now
 from wallet_api.onramp.models import EventStatus, OnrampStatus, OnrampTransaction, WebhookEvent
@@ -167,8 +167,14 @@ def _platform_check_due() -> bool:
 def _check_credit_spikes(*, user_id: uuid.UUID, now: dt.datetime) -> None:
     """After the credit's own commit: a failing check must never undo or retry a credit."""
     try:
-        check_credit_spikes(user_id=user_id, now=now, platform=_platform_check_due())
+        # Nearly every check finds nothing: read outside a transaction (no BEGIN, no COMMIT on the
+        # worker's hot path) and open one only to raise what was found.
+        db.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        specs = find_credit_spikes(user_id=user_id, now=now, platform=_platform_check_due())
         db.session.commit()
+        if specs:
+            raise_alerts(specs)
+            db.session.commit()
     except Exception:  # noqa: BLE001 - the wallet reconciliation job checks again
         db.session.rollback()
         log.exception("credit_spike_check_failed", user_id=str(user_id))

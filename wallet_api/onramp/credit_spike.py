@@ -51,6 +51,14 @@ def check_credit_spikes(*, user_id: uuid.UUID | None = None, now: dt.datetime | 
     """Raise CREDIT_SPIKE alerts for the window ending now (one user's, or everyone's when `user_id`
     is None, and the platform's unless `platform` is false), in the caller's transaction; returns
     how many spikes were found."""
+    specs = find_credit_spikes(user_id=user_id, now=now, platform=platform)
+    raise_alerts(specs)
+    return len(specs)
+
+
+def find_credit_spikes(*, user_id: uuid.UUID | None = None, now: dt.datetime | None = None,
+                       platform: bool = True) -> list[AlertSpec]:
+    """The alerts `check_credit_spikes` would raise, read only."""
     settings = current_app.config["SETTINGS"]
     until = now or utcnow()
     window = dt.timedelta(minutes=settings.alert_credit_spike_window_minutes)
@@ -67,8 +75,7 @@ def check_credit_spikes(*, user_id: uuid.UUID | None = None, now: dt.datetime | 
         specs.append(_spike(scope="user", subject=f"user:{row.user_id}:{row.base_currency}", total=row.total,
                             currency=row.base_currency, purchases=row.purchases, user_id=row.user_id,
                             threshold=settings.alert_credit_spike_user_threshold, period=period))
-    raise_alerts(specs)
-    return len(specs)
+    return specs
 
 
 def _spike(*, scope: str, subject: str, total: Decimal, currency: str, purchases: int, threshold: Decimal,
