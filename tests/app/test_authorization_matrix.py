@@ -24,6 +24,7 @@ PUBLIC = {"anonymous": None, "other": None, "user": None, "admin": None}
 MATRIX = {
     "GET /health": (PUBLIC, 200),
     "GET /ready": (PUBLIC, 200),
+    "GET /metrics": (PUBLIC, 200),  # METRICS_TOKEN unset here; tests/health/test_metrics.py covers it set
     "POST /auth/register": (PUBLIC, 201),
     "POST /auth/login": (PUBLIC, 200),
     "POST /auth/refresh": ({**ANY_USER}, 200),
