@@ -48,6 +48,10 @@ def test_bin_start_web_serves_database_requests_from_forked_workers_and_stops_on
            "RATELIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING", "PORT": str(port), "WEB_CONCURRENCY": "2",
            "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # A previous run's metrics files: summed into every scrape (or, torn, failing it) unless wiped at start.
+    (tmp_path / "metrics").mkdir()
+    stale = tmp_path / "metrics" / "counter_1.db"
+    stale.write_bytes(b"not a metrics file")
     log = open(tmp_path / "web.log", "wb")
     web = subprocess.Popen([str(ROOT / "bin" / "start-web")], cwd=ROOT, env=env, stdout=log, stderr=log,
                            start_new_session=True)
@@ -66,6 +70,7 @@ def test_bin_start_web_serves_database_requests_from_forked_workers_and_stops_on
         # Each request on a new connection, answered by whichever forked worker accepts it.
         assert {_get(port, "/wallets", headers) for _ in range(20)} == {200}
         assert _get(port, "/wallets") == 401
+        assert not stale.exists() and _get(port, "/metrics") == 200
         _assert_gunicorn_answers_like_the_api(port)
     finally:
         os.killpg(web.pid, signal.SIGTERM)
