@@ -9,6 +9,7 @@ docs/OBSERVABILITY.md.
 """
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from decimal import Decimal
@@ -18,6 +19,11 @@ from flask import Flask, Response, g, request
 from prometheus_client import Counter, Histogram
 
 log = structlog.get_logger("wallet_api.metrics")
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # A config var reaches every dyno, but only the web process prepares the directory (gunicorn.conf.py):
+    # without it the first count in a worker or a CLI command would raise, inside a ledger operation.
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 HTTP_REQUESTS = Counter("wallet_http_requests_total", "HTTP requests answered, by route template",
                         ["route", "method", "status"])

@@ -2,7 +2,11 @@
 PostgreSQL and Redis at scrape time (each source failing alone), METRICS_TOKEN, no rate limit.
 Across gunicorn workers: tests/app/test_metrics_web_process.py."""
 import datetime as dt
+import os
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +23,7 @@ from wallet_api.onramp.apply_job import process_event
 from wallet_api.onramp.dead_letters import resolve_dlq
 
 TOKEN = "metrics-token-0123456789abcdef-0123456789"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def scrape(client, **kwargs) -> dict[tuple[str, tuple], float]:
@@ -171,3 +176,13 @@ def test_production_serves_metrics_over_plain_http_to_a_scraper_on_the_private_n
     production = make_settings_app(app_env="production").test_client()
     assert production.get("/metrics", base_url="http://10.0.0.5:8000").status_code == 200
     assert production.get("/wallets", base_url="http://10.0.0.5:8000").status_code == 308  # the API stays HTTPS
+
+
+def test_a_process_given_a_metrics_directory_that_does_not_exist_yet_still_counts(tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR reaches worker dynos too, where nothing prepared it."""
+    missing = tmp_path / "not-made-yet"
+    code = ("from decimal import Decimal; from wallet_api import metrics; metrics.record_ledger_operation("
+            "operation='credit', success=True, amount=Decimal('1'), currency='USD', duration_s=0.01)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60,
+                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(missing)})
+    assert list(missing.glob("counter_*.db"))
