@@ -61,10 +61,11 @@ class Ready(MethodView):
 
 @metrics_blp.route("/metrics")
 class Metrics(MethodView):
-    @metrics_blp.response(200, content_type=CONTENT_TYPE,
-                          description="Prometheus text exposition format 0.0.4: every metric of docs/OBSERVABILITY.md")
+    @metrics_blp.response(200)
     @metrics_blp.alt_response(401, description="METRICS_TOKEN is set and the bearer token is missing or wrong")
-    @metrics_blp.doc(security=[{}, {"metricsToken": []}])
+    @metrics_blp.doc(security=[{}, {"metricsToken": []}], responses={"200": {
+        "description": "Prometheus text exposition format 0.0.4: every metric of docs/OBSERVABILITY.md",
+        "content": {"text/plain": {"schema": {"type": "string"}}}}})
     def get(self):
         """Prometheus metrics of every web worker, with gauges read from PostgreSQL and Redis; not rate limited"""
         token = current_app.config["SETTINGS"].metrics_token
