@@ -8,7 +8,6 @@ import time
 
 from flask import current_app
 from prometheus_client.metrics_core import GaugeMetricFamily
-from redis import Redis
 from rq import Queue
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
@@ -16,24 +15,17 @@ from wallet_api.alerts.service import open_counts
 from wallet_api.database import limit_statement_time
 from wallet_api.db_types import utcnow
 from wallet_api.extensions import db
+from wallet_api.health.service import probe_redis
 from wallet_api.jobs import catalog
 from wallet_api.jobs.service import last_successes
 from wallet_api.metrics_export import MetricSource
-from wallet_api.queues import QUEUE_NAMES, redis_from_settings
+from wallet_api.queues import QUEUE_NAMES
 
 STATEMENT_TIMEOUT_MS = 2000
 
 
-def _redis() -> Redis:
-    ext = current_app.extensions
-    if "metrics_redis" not in ext:
-        ext["metrics_redis"] = redis_from_settings(current_app.config["SETTINGS"], socket_connect_timeout=1,
-                                                   socket_timeout=1)
-    return ext["metrics_redis"]
-
-
 def queue_gauges():
-    client = _redis()
+    client = probe_redis()
     now = time.time()
     pipe = client.pipeline(transaction=False)
     for name in QUEUE_NAMES:

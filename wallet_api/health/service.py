@@ -102,13 +102,17 @@ def _code_heads() -> set[str]:
     return ext["migration_heads"]
 
 
-def _redis() -> str:
+def probe_redis() -> Redis:
+    """The app's Redis client for probes and scrapes: 1 s timeouts, so a down Redis answers fast."""
     ext = current_app.extensions
     if "readiness_redis" not in ext:
         ext["readiness_redis"] = redis_from_settings(current_app.config["SETTINGS"], socket_connect_timeout=1,
                                                      socket_timeout=1)
-    client: Redis = ext["readiness_redis"]
-    client.ping()
+    return ext["readiness_redis"]
+
+
+def _redis() -> str:
+    probe_redis().ping()
     return "reachable"
 
 
