@@ -3,19 +3,13 @@ no PROMETHEUS_MULTIPROC_DIR: gunicorn.conf.py makes a private directory, every w
 and any worker's scrape reports the money moved through all of them; the directory goes at exit."""
 import http.client
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.app.test_web_process import ROOT, _free_port, _get, _workers
-from tests.conftest import TEST_JWT_SECRET, TEST_MOONPAY_SECRET, TEST_REFRESH_SECRET, TEST_WEBHOOK_SECRET
+from tests.app.test_web_process import _free_port, _workers, running_web, web_env
 
 pytestmark = pytest.mark.slow
 ROUND = 20
@@ -50,27 +44,9 @@ def test_every_gunicorn_worker_counts_into_one_scrape_without_any_metrics_settin
     source, target = funded_wallet("1000.00", user=user), make_wallet()
     port, scratch = _free_port(), tmp_path / "tmp"
     scratch.mkdir()
-    env = {key: value for key, value in os.environ.items() if key != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update({"APP_ENV": "test", "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-                "JWT_SECRET": TEST_JWT_SECRET, "JWT_REFRESH_SECRET": TEST_REFRESH_SECRET,
-                "MOONPAY_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET, "MOONPAY_SECRET_KEY": TEST_MOONPAY_SECRET,
-                "RATELIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING", "PORT": str(port), "WEB_CONCURRENCY": "2",
-                "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "2", "TMPDIR": str(scratch),
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
-    log = open(tmp_path / "web.log", "wb")
-    web = subprocess.Popen([str(ROOT / "bin" / "start-web")], cwd=ROOT, env=env, stdout=log, stderr=log,
-                           start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert web.poll() is None, (tmp_path / "web.log").read_text()
-            try:
-                if _get(port, "/health") == 200 and len(_workers(web.pid)) == 2:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "gunicorn did not start: " + (tmp_path / "web.log").read_text()
-            time.sleep(0.2)
+    env = web_env(settings, port, TMPDIR=str(scratch))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    with running_web(env, tmp_path / "web.log") as web:
         [metrics_dir] = scratch.glob("wallet-metrics-*")  # made by gunicorn.conf.py, private to this master
 
         headers = auth_headers(user)
@@ -92,9 +68,4 @@ def test_every_gunicorn_worker_counts_into_one_scrape_without_any_metrics_settin
             scraped = _scraped(port)
             assert scraped[transfers] == made and scraped[posted] == made
             assert scraped[("wallet_ledger_amount_total", (("currency", "USD"), ("operation", "transfer")))] == made
-    finally:
-        os.killpg(web.pid, signal.SIGTERM)
-        code = web.wait(timeout=30)
-        log.close()
-    assert code == 0, (tmp_path / "web.log").read_text()
     assert not list(scratch.iterdir()), "the private metrics directory outlived gunicorn"

@@ -1,7 +1,6 @@
 """GET /metrics in one process: Prometheus text, requests labelled by route template, gauges read from
 PostgreSQL and Redis at scrape time (each source failing alone), METRICS_TOKEN, no rate limit.
 Across gunicorn workers: tests/app/test_metrics_web_process.py."""
-import datetime as dt
 import os
 import subprocess
 import sys
@@ -14,12 +13,11 @@ from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 
-from tests.onramp.support import moonpay_event, post_webhook
+from tests.onramp.support import moonpay_event, park_in_dlq, post_webhook
 from wallet_api.alerts.models import AlertType
 from wallet_api.alerts.service import raise_alert
 from wallet_api.extensions import db
 from wallet_api.jobs.runner import run_job
-from wallet_api.onramp.apply_job import process_event
 from wallet_api.onramp.dead_letters import resolve_dlq
 
 TOKEN = "metrics-token-0123456789abcdef-0123456789"
@@ -77,25 +75,12 @@ def test_transfers_move_the_ledger_counters_with_outcome_and_amount(client, user
     assert delta("wallet_ledger_operation_seconds_count", operation="transfer") == 2
 
 
-def _dead_letter(app, client, user) -> uuid.UUID:
-    post_webhook(client, moonpay_event(onramp_id=uuid.uuid4(), user_id=user.id, moonpay_id="mp_metrics"))
-    with app.app_context():
-        event_id = db.session.execute(
-            db.text("SELECT id FROM webhook_events WHERE external_id = 'mp_metrics'")).scalar()
-        at = dt.datetime.now(dt.timezone.utc)
-        while process_event(event_id=event_id, now=at) != "dead_lettered":
-            at += dt.timedelta(hours=2)
-        entry = db.session.execute(db.text("SELECT id FROM dead_letter_queue WHERE event_id = :e"),
-                                   {"e": event_id}).scalar()
-        db.session.remove()
-    return entry
-
-
 def test_scrape_time_gauges_count_queues_failed_jobs_the_dlq_waiting_events_alerts_and_job_successes(
         make_settings_app, user, admin, redis_client):
     app = make_settings_app()  # its own gauge cache
     client = app.test_client()
-    dlq_entry = _dead_letter(app, client, user)
+    dlq_entry = park_in_dlq(app, client, moonpay_event(onramp_id=uuid.uuid4(), user_id=user.id,
+                                                       moonpay_id="mp_metrics"))
     post_webhook(client, moonpay_event(onramp_id=uuid.uuid4(), user_id=user.id, moonpay_id="mp_waiting",
                                        status="pending"))
     with app.app_context():
