@@ -63,7 +63,8 @@ def record_ledger_operation(*, operation: str, success: bool, amount: Decimal | 
 
 
 def record_webhook(*, provider: str, stage: str, outcome: str, duration_s: float | None = None) -> None:
-    """Count one webhook step: stage is `receive` or `process`, outcome e.g. `accepted`, `bad_signature`."""
+    """Count one webhook step: stage `receive`, `process`, `maintenance`, `enqueue` or `dead_letter`; outcome
+    e.g. `accepted`, `signature_mismatch`, `credited`, `retry_scheduled` (docs/OBSERVABILITY.md lists them)."""
     WEBHOOK_EVENTS.labels(provider, stage, outcome).inc()
     if duration_s is not None:
         WEBHOOK_DURATION.labels(provider, stage).observe(duration_s)
