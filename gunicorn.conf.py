@@ -2,8 +2,11 @@
 
 See docs/PERFORMANCE.md ("Request path") for the measurements behind these numbers.
 """
+import glob
 import json
 import os
+import shutil
+import tempfile
 
 import gunicorn.http.wsgi
 import gunicorn.util
@@ -28,6 +31,30 @@ accesslog = None  # the app logs one structured line per request, with its reque
 limit_request_line = 8190
 forwarded_allow_ips = "*" if int(os.environ.get("TRUSTED_PROXY_COUNT", "0")) else "127.0.0.1"
 
+# Prometheus multiprocess mode: every worker writes its counters to files in one directory and
+# GET /metrics sums them, so a scrape answered by any worker reports all of them. prometheus_client
+# picks its mode when it is first imported, which with preload_app is when the master loads the
+# app, after this file and before any hook (even on_starting): so the directory is prepared here.
+# Unset, the master makes a private one (removed in on_exit). Either way it is emptied once per
+# master (not again when a SIGHUP re-reads this file), so no earlier run's numbers are summed in.
+_METRICS_DIR_OWNER = "WALLET_METRICS_DIR_MASTER"  # the pid of the master that prepared the directory
+_METRICS_DIR_PRIVATE = "WALLET_METRICS_DIR_PRIVATE"  # the pid of the master that made it (and removes it)
+if os.environ.get(_METRICS_DIR_OWNER) != str(os.getpid()):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Only prometheus_client's own files (<kind>_<pid>.db): the directory may be shared or mistyped.
+        os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+        for stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+            os.remove(stale)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wallet-metrics-")
+        os.environ[_METRICS_DIR_PRIVATE] = str(os.getpid())
+    os.environ[_METRICS_DIR_OWNER] = str(os.getpid())
+
+
+def on_exit(server):
+    if os.environ.get(_METRICS_DIR_PRIVATE) == str(os.getpid()):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
 
 def post_fork(server, worker):
     # Belt and braces for preload_app: a pooled connection inherited from the master would be
@@ -41,10 +68,9 @@ def post_fork(server, worker):
 
 
 def child_exit(server, worker):
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
+    from prometheus_client import multiprocess  # loaded by the app by now
 
-        multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)
 
 
 # gunicorn answers requests it cannot parse (a request line or headers too long, a malformed

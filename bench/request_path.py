@@ -1,7 +1,7 @@
 """HTTP request-path benchmark: the app under gunicorn, next to pgbench in the same run (not a test).
 
     .venv/bin/python bench/http.py [--quick] [--seconds 8] [--rounds 3] [--clients 1,4,8,16]
-                                   [--scenarios transfer,transfer_key,wallets,ledger,webhook]
+                                   [--scenarios transfer,transfer_key,wallets,ledger,webhook,metrics]
                                    [--baseline PATH | --no-baseline] [--redis-db 12]
                                    [--app-env development] [--py-spy DIR] [--keep-db]
 
@@ -24,6 +24,8 @@ What it does, bounded in time and count, on loopback only:
      ledger        GET /wallets/<id>/ledger?limit=20
      webhook       POST /webhooks/moonpay, a distinct correctly signed event each time (stored
                    and enqueued; no RQ worker runs, so this is acceptance alone)
+     metrics       GET /metrics, a Prometheus scrape: every worker's counters and the gauges
+                   read from PostgreSQL and Redis (cached 5 s per worker)
 4. Prints every run, then the medians over rounds: req/s, latency p50/p95/p99 (what the client
    saw), errors (any unexpected status), the ratio to pgbench at the same client count, and CPU
    per request: "srv" is the gunicorn processes' CPU (master, live workers and reaped workers,
@@ -60,7 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 VENV_BIN = Path(sys.executable).parent
-SCENARIOS = ("transfer", "transfer_key", "wallets", "ledger", "webhook")
+SCENARIOS = ("transfer", "transfer_key", "wallets", "ledger", "webhook", "metrics")
 DEFAULT_BASELINE = ROOT.parent / "shared" / "baseline" / "run-pgbench"
 WEBHOOK_SECRET = "wk_bench_http_webhook_secret"
 JWT_SECRET = "bench-http-jwt-secret-0123456789abcdef-0123456789"
@@ -257,6 +259,7 @@ def request_maker(scenario: str, slot: Slot):
         "wallets": lambda: ("GET", "/wallets", None, auth[0], 200),
         "ledger": lambda: ("GET", f"/wallets/{slot.wallets[0]}/ledger?limit=20", None, auth[0], 200),
         "webhook": webhook,
+        "metrics": lambda: ("GET", "/metrics", None, {}, 200),
     }[scenario]
 
 

@@ -8,12 +8,14 @@ from flask import Flask
 from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from wallet_api import metrics_export
 from wallet_api.client_address import IpAllowlist, TrustedProxyClientAddress
 from wallet_api.config import Settings, load_settings
 from wallet_api.database import check_on_checkout
 from wallet_api.errors import register_error_handlers
 from wallet_api.extensions import api, db, jwt, limiter, migrate
 from wallet_api.logging import REQUEST_ID_HEADER, configure_logging, init_request_logging
+from wallet_api.metrics import init_request_metrics
 from wallet_api.ratelimit import RATE_LIMIT_RETRY_AFTER
 from wallet_api.request_parsing import JsonProvider, read_chunked_body
 from wallet_api.security import init_security
@@ -26,6 +28,8 @@ ROUTE_MODULES = (
     "wallet_api.onramp.routes",
     "wallet_api.admin.routes",
 )
+# Each module's `SOURCES`: gauges read when /metrics is scraped (wallet_api/metrics_export.py).
+METRIC_SOURCE_MODULES = ("wallet_api.health.gauges", "wallet_api.onramp.gauges")
 # Server-rendered pages (plain Flask blueprints, outside the OpenAPI document): each module's init_app(app).
 PAGE_MODULES = ("wallet_api.admin.console",)
 
@@ -45,7 +49,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         n = settings.trusted_proxy_count
         app.wsgi_app = TrustedProxyClientAddress(ProxyFix(app.wsgi_app, x_for=0, x_proto=n, x_host=n), n,
                                                  proxies=IpAllowlist.parse(settings.trusted_proxy_cidrs))
-    init_security(app, settings)  # first: its response hook must run after every extension's
+    init_request_metrics(app)  # first: it times requests another hook answers; it only reads responses
+    init_security(app, settings)  # its response hook must run after every extension's
     app.before_request(read_chunked_body)
 
     import wallet_api.models  # noqa: F401  (register every table)
@@ -65,6 +70,8 @@ def create_app(settings: Settings | None = None) -> Flask:
          allow_headers=["Authorization", "Content-Type", "Idempotency-Key", REQUEST_ID_HEADER])
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer",
                                                        "bearerFormat": "JWT"})
+    api.spec.components.security_scheme("metricsToken", {"type": "http", "scheme": "bearer",
+                                                         "description": "METRICS_TOKEN, when it is set"})
 
     init_request_logging(app)
     register_error_handlers(app)
@@ -76,6 +83,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             api.register_blueprint(blueprint)
     for module in PAGE_MODULES:
         importlib.import_module(module).init_app(app)
+    metrics_export.init_app(app, [source for module in METRIC_SOURCE_MODULES
+                                  for source in importlib.import_module(module).SOURCES])
 
     from wallet_api.cli import register_cli
 

@@ -27,7 +27,7 @@ import select
 
 import structlog
 from flask_sqlalchemy.session import Session as FlaskSession
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 
@@ -80,3 +80,8 @@ class ReconnectingSession(FlaskSession):
         self.rollback()
         log.warning("database_statement_retried_after_disconnect")
         return super()._execute_internal(statement, params, **kwargs)
+
+
+def limit_statement_time(session, timeout_ms: int) -> None:
+    """Bound every statement of the session's current transaction to `timeout_ms` (SET LOCAL)."""
+    session.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": f"{int(timeout_ms)}ms"})

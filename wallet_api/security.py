@@ -4,7 +4,9 @@
   outermost proxy saw (X-Forwarded-Proto, see client_address.py). Plain HTTP is redirected (308, so
   a client cannot be downgraded silently into repeating a POST over HTTP) for GET and HEAD and
   refused (400) otherwise: a body already sent in clear must not be acted on. /health and /ready
-  stay reachable over plain HTTP because platform probes call them from inside the network.
+  stay reachable over plain HTTP because platform probes call them from inside the network, and so
+  does /metrics for a scraper on the private network: it serves counts, never user data, and a
+  redirect would not have kept its token out of the plain request anyway (docs/OBSERVABILITY.md).
 - Every response is `no-store` unless it set its own caching (static files): tokens, balances and
   ledgers must not sit in a shared or browser cache.
 - The JSON API needs no browser capability at all, so its Content-Security-Policy allows nothing;
@@ -26,7 +28,7 @@ API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-act
 DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 HSTS = "max-age=31536000; includeSubDomains"
-PLAIN_HTTP_PATHS = frozenset({"/health", "/ready"})
+PLAIN_HTTP_PATHS = frozenset({"/health", "/ready", "/metrics"})
 SAME_EVERYWHERE = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",

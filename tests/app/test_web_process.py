@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -39,39 +40,56 @@ def _workers(master: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
 
 
-def test_bin_start_web_serves_database_requests_from_forked_workers_and_stops_on_sigterm(
-        app, settings, user, auth_headers, tmp_path):
-    port = _free_port()
-    env = {**os.environ, "APP_ENV": "test", "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
-           "JWT_SECRET": TEST_JWT_SECRET, "JWT_REFRESH_SECRET": TEST_REFRESH_SECRET,
-           "MOONPAY_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET, "MOONPAY_SECRET_KEY": TEST_MOONPAY_SECRET,
-           "RATELIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING", "PORT": str(port), "WEB_CONCURRENCY": "2",
-           "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    log = open(tmp_path / "web.log", "wb")
+def web_env(settings, port: int, **extra: str) -> dict[str, str]:
+    """The environment of bin/start-web for the test database and Redis: two workers of two threads."""
+    return {**os.environ, "APP_ENV": "test", "DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+            "JWT_SECRET": TEST_JWT_SECRET, "JWT_REFRESH_SECRET": TEST_REFRESH_SECRET,
+            "MOONPAY_WEBHOOK_SECRET": TEST_WEBHOOK_SECRET, "MOONPAY_SECRET_KEY": TEST_MOONPAY_SECRET,
+            "RATELIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING", "PORT": str(port), "WEB_CONCURRENCY": "2",
+            "GUNICORN_THREADS": "2", "DB_POOL_SIZE": "2",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
+@contextmanager
+def running_web(env: dict[str, str], log_path: Path):
+    """bin/start-web until /health answers with both workers forked; SIGTERM at the end must exit 0."""
+    log = open(log_path, "wb")
     web = subprocess.Popen([str(ROOT / "bin" / "start-web")], cwd=ROOT, env=env, stdout=log, stderr=log,
                            start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert web.poll() is None, (tmp_path / "web.log").read_text()
+            assert web.poll() is None, log_path.read_text()
             try:
-                if _get(port, "/health") == 200 and len(_workers(web.pid)) == 2:
+                if _get(int(env["PORT"]), "/health") == 200 and len(_workers(web.pid)) == 2:
                     break
             except OSError:
                 pass
-            assert time.monotonic() < deadline, "gunicorn did not start: " + (tmp_path / "web.log").read_text()
+            assert time.monotonic() < deadline, "gunicorn did not start: " + log_path.read_text()
             time.sleep(0.2)
-        headers = auth_headers(user)
-        # Each request on a new connection, answered by whichever forked worker accepts it.
-        assert {_get(port, "/wallets", headers) for _ in range(20)} == {200}
-        assert _get(port, "/wallets") == 401
-        _assert_gunicorn_answers_like_the_api(port)
+        yield web
     finally:
         os.killpg(web.pid, signal.SIGTERM)
         code = web.wait(timeout=30)
         log.close()
-    assert code == 0, (tmp_path / "web.log").read_text()
+    assert code == 0, log_path.read_text()
+
+
+def test_bin_start_web_serves_database_requests_from_forked_workers_and_stops_on_sigterm(
+        app, settings, user, auth_headers, tmp_path):
+    port = _free_port()
+    # A previous run's metrics files: summed into every scrape (or, torn, failing it) unless wiped at start.
+    (tmp_path / "metrics").mkdir()
+    stale = tmp_path / "metrics" / "counter_1.db"
+    stale.write_bytes(b"not a metrics file")
+    with running_web(web_env(settings, port, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics")),
+                     tmp_path / "web.log"):
+        headers = auth_headers(user)
+        # Each request on a new connection, answered by whichever forked worker accepts it.
+        assert {_get(port, "/wallets", headers) for _ in range(20)} == {200}
+        assert _get(port, "/wallets") == 401
+        assert not stale.exists() and _get(port, "/metrics") == 200
+        _assert_gunicorn_answers_like_the_api(port)
 
 
 def _assert_gunicorn_answers_like_the_api(port: int) -> None:

@@ -23,6 +23,8 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from tests.conftest import (TEST_JWT_SECRET, TEST_MOONPAY_SECRET, TEST_REFRESH_SECRET, TEST_WEBHOOK_SECRET)
+from wallet_api.extensions import db
+from wallet_api.onramp.apply_job import process_event
 from wallet_api.onramp.signature import sign_webhook
 from wallet_api.queues import QUEUE_NAMES
 
@@ -92,6 +94,21 @@ def post_webhook(client, payload_or_body, *, header: str | None = "sign", t: int
         sent["Moonpay-Signature-V2"] = header
     return client.post(WEBHOOK_PATH, data=body, headers=sent, content_type="application/json",
                        environ_base={"REMOTE_ADDR": remote_addr})
+
+
+def park_in_dlq(app, client, payload: dict) -> uuid.UUID:
+    """Deliver a webhook, then fail its every retry until it is dead-lettered; the DLQ entry's id."""
+    post_webhook(client, payload)
+    with app.app_context():
+        find = db.text("SELECT id FROM webhook_events WHERE external_id = :x")
+        event_id = db.session.execute(find, {"x": payload["data"]["id"]}).scalar()
+        at = dt.datetime.now(dt.timezone.utc)
+        while process_event(event_id=event_id, now=at) != "dead_lettered":
+            at += dt.timedelta(hours=2)
+        entry = db.session.execute(db.text("SELECT id FROM dead_letter_queue WHERE event_id = :e"),
+                                   {"e": event_id}).scalar()
+        db.session.remove()
+    return entry
 
 
 # --------------------------------------------------------------------------- fixtures

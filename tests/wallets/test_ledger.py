@@ -321,8 +321,9 @@ def test_every_operation_is_recorded_in_the_metrics(app_ctx, funded_wallet, monk
     ledger.debit(wallet_id=wallet, amount=Decimal("1.00"), idempotency_key=k, kind="fee")
     with pytest.raises(InsufficientFunds):
         ledger.debit(wallet_id=wallet, amount=Decimal("1.00"), idempotency_key=key(wallet, "debit"), kind="fee")
-    assert [(r["operation"], r["success"], r["replayed"], r["currency"]) for r in recorded] == [
-        ("debit", True, False, "USD"), ("debit", True, True, "USD"), ("debit", False, False, None)]
+    assert [(r["operation"], r["success"], r["replayed"], r["currency"], r["error"]) for r in recorded] == [
+        ("debit", True, False, "USD", None), ("debit", True, True, "USD", None),
+        ("debit", False, False, None, "insufficient_funds")]
     assert all(r["amount"] == Decimal("1.00") and r["duration_s"] >= 0 for r in recorded)
 
 

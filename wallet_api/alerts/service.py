@@ -136,3 +136,12 @@ def counts_by_severity() -> dict[str, int]:
         "SELECT severity, count(*) FROM alert_log WHERE NOT resolved GROUP BY severity")).all()
     found = dict(rows)
     return {severity.value: int(found.get(severity.value, 0)) for severity in Severity}
+
+
+def open_counts() -> dict[tuple[str, str], int]:
+    """Open alerts per (type, severity): every type at its severity present, zero included."""
+    rows = db.session.execute(text(
+        "SELECT alert_type, severity, count(*) FROM alert_log WHERE NOT resolved GROUP BY alert_type, severity")).all()
+    counts = {(alert_type.value, alert_type.severity.value): 0 for alert_type in AlertType}
+    counts.update({(alert_type, severity): int(n) for alert_type, severity, n in rows})
+    return counts

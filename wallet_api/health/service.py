@@ -27,14 +27,15 @@ from collections.abc import Callable
 from alembic.script import ScriptDirectory
 from flask import current_app
 from redis import Redis
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 
 from wallet_api.backups.status import backup_status
+from wallet_api.database import limit_statement_time
 from wallet_api.db_roles import role_problems
 from wallet_api.db_types import utcnow
 from wallet_api.extensions import db
 from wallet_api.jobs import catalog
-from wallet_api.jobs.models import JobRun, RunStatus
+from wallet_api.jobs.service import last_successes
 from wallet_api.queues import redis_from_settings
 from wallet_api.secrets_policy import rotation_ages
 
@@ -74,7 +75,7 @@ def _run(check: Callable[[], str]) -> dict:
 
 
 def _bounded() -> None:
-    db.session.execute(text("SELECT set_config('statement_timeout', :t, true)"), {"t": f"{STATEMENT_TIMEOUT_MS}ms"})
+    limit_statement_time(db.session, STATEMENT_TIMEOUT_MS)
 
 
 def _database() -> str:
@@ -101,13 +102,17 @@ def _code_heads() -> set[str]:
     return ext["migration_heads"]
 
 
-def _redis() -> str:
+def probe_redis() -> Redis:
+    """The app's Redis client for probes and scrapes: 1 s timeouts, so a down Redis answers fast."""
     ext = current_app.extensions
     if "readiness_redis" not in ext:
         ext["readiness_redis"] = redis_from_settings(current_app.config["SETTINGS"], socket_connect_timeout=1,
                                                      socket_timeout=1)
-    client: Redis = ext["readiness_redis"]
-    client.ping()
+    return ext["readiness_redis"]
+
+
+def _redis() -> str:
+    probe_redis().ping()
     return "reachable"
 
 
@@ -148,10 +153,7 @@ def _periodic_jobs() -> str:
     _bounded()
     settings = current_app.config["SETTINGS"]
     jobs = [job for job in catalog.PERIODIC_JOBS if job.enabled(settings)]
-    last = dict(db.session.execute(
-        select(JobRun.job_name, func.max(JobRun.finished_at))
-        .where(JobRun.job_name.in_([job.name for job in jobs]), JobRun.status == RunStatus.SUCCEEDED)
-        .group_by(JobRun.job_name)).all())
+    last = last_successes(names=[job.name for job in jobs])
     now, up = utcnow(), time.monotonic() - STARTED
     late = []
     for job in jobs:

@@ -40,14 +40,19 @@ def job_statuses() -> list[JobStatus]:
     latest = select(JobRun).where(JobRun.job_name.in_(names)).order_by(
         JobRun.job_name, JobRun.created_at.desc()).ext(distinct_on(JobRun.job_name))
     last_runs = {run.job_name: run for run in db.session.scalars(latest)}
-    successes = dict(db.session.execute(
-        select(JobRun.job_name, func.max(JobRun.finished_at))
-        .where(JobRun.job_name.in_(names), JobRun.status == RunStatus.SUCCEEDED).group_by(JobRun.job_name)).all())
+    successes = last_successes(names=names)
     next_runs = _next_run_times([job.scheduler_id for job in catalog.PERIODIC_JOBS])
     return [JobStatus(name=job.name, description=job.description, interval_seconds=int(job.interval(settings)),
                       enabled=job.enabled(settings), last_run=last_runs.get(job.name),
                       last_success_at=successes.get(job.name), next_run_at=next_runs.get(job.scheduler_id))
             for job in catalog.PERIODIC_JOBS]
+
+
+def last_successes(*, names: list[str]) -> dict[str, dt.datetime]:
+    """When each named job last finished successfully; a job that never did is absent."""
+    return dict(db.session.execute(
+        select(JobRun.job_name, func.max(JobRun.finished_at))
+        .where(JobRun.job_name.in_(names), JobRun.status == RunStatus.SUCCEEDED).group_by(JobRun.job_name)).all())
 
 
 def request_run(*, name: str, requested_by: uuid.UUID) -> JobRun:

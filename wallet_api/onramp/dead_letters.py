@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from wallet_api.db_types import utcnow
 from wallet_api.errors import Conflict, NotFound, field_error
 from wallet_api.extensions import db
+from wallet_api.metrics import record_webhook
 from wallet_api.onramp.models import DeadLetterQueue, DlqResolution, EventStatus, WebhookEvent
 from wallet_api.onramp.retry_job import reset_for_replay
 from wallet_api.pagination import Page, keyset_page
@@ -59,6 +60,7 @@ def resolve_dlq(*, entry_id: uuid.UUID, action: str, note: str, admin_id: uuid.U
     entry.resolution = action
     entry.resolution_note = note
     db.session.commit()
+    record_webhook(provider=entry.provider, stage="dead_letter", outcome=action)
     log.info("dlq_resolved", dlq_id=str(entry.id), event_id=str(entry.event_id), action=action,
              admin_id=str(admin_id))
     return entry

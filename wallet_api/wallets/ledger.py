@@ -81,7 +81,7 @@ from sqlalchemy.orm import Session
 
 from wallet_api import metrics
 from wallet_api.database import lost_before_commit
-from wallet_api.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable, field_error
+from wallet_api.errors import ApiError, Conflict, NotFound, ServiceUnavailable, Unprocessable, field_error
 from wallet_api.extensions import db
 from wallet_api.wallets import amounts
 from wallet_api.wallets.models import SystemAccount, Wallet
@@ -251,17 +251,21 @@ class _Movement:
 def _post(move: _Movement, *, commit: bool) -> LedgerResult:
     started = time.perf_counter()
     result: LedgerResult | None = None
+    error = None
     try:
         _check_arguments(move)
         session = db.session()  # the Session itself, not the scoped proxy: one registry lookup per call
         result = _run_owned(session, move) if commit else _run_nested(session, move)
         return result
+    except ApiError as exc:
+        error = exc.error
+        raise
     finally:
         metrics.record_ledger_operation(
             operation=move.operation, success=result is not None,
             amount=move.amount if isinstance(move.amount, Decimal) else None,
             currency=result.currency if result else None,
-            duration_s=time.perf_counter() - started, replayed=bool(result and result.replayed))
+            duration_s=time.perf_counter() - started, replayed=bool(result and result.replayed), error=error)
 
 
 def _check_arguments(move: _Movement) -> None:
