@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.onramp.support import (ROOT, RowLock, children_of, finish, kill_tree, moonpay_event, post_webhook,
-                                  start_worker_process, wait_for, worker_env)
+                                  rq_worker_command, start_worker_process, wait_for, worker_env)
 from wallet_api.db_types import utcnow
 from wallet_api.onramp.retry_job import run_webhook_maintenance
 
@@ -137,13 +137,16 @@ def test_sigterm_to_gunicorn_under_transfer_load_finishes_accepted_requests_and_
 
 
 @pytest.fixture
-def blocked_webhook(client, user, onramp, settings):
-    """A completed purchase's webhook whose job is mid-apply in a real worker process: the event row is
-    claimed and the job waits for the purchase's row lock, held by the test."""
+def blocked_webhook(request, client, user, onramp, settings):
+    """A completed purchase's webhook whose job is mid-apply in a real worker process (of a pool of
+    `request.param` processes, default 1): the event row is claimed and the job waits for the
+    purchase's row lock, held by the test."""
     onramp_id, wallet_id = onramp(user, "ETH")
     assert post_webhook(client, moonpay_event(onramp_id=onramp_id, user_id=user.id, amount="0.75")).status_code == 200
     lock = RowLock(settings, "onramp_transactions", onramp_id).__enter__()
-    worker = start_worker_process(settings, burst=False, LEDGER_LOCK_TIMEOUT_MS="3000", LOG_LEVEL="INFO")
+    processes = getattr(request, "param", 1)
+    worker = start_worker_process(settings, command=rq_worker_command(settings, burst=False, processes=processes),
+                                  LEDGER_LOCK_TIMEOUT_MS="3000", LOG_LEVEL="INFO")
     try:
         wait_for(lock.waiting_backends, timeout=30, message="the job to block mid-apply")
         yield worker, lock, wallet_id
@@ -159,10 +162,11 @@ def _sigterm(worker) -> tuple[str, float]:
     return output, time.monotonic() - started
 
 
+@pytest.mark.parametrize("blocked_webhook", [1, 2], indirect=True, ids=["one process", "a pool of two"])
 def test_a_worker_stopped_mid_job_finishes_the_job_then_exits(blocked_webhook, books):
     worker, lock, wallet_id = blocked_webhook
     started = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
+    os.killpg(worker.pid, signal.SIGTERM)  # as Heroku does: every process of the dyno at once
     time.sleep(1)
     assert worker.poll() is None  # warm shutdown: the job in hand is not abandoned
     lock.release()
@@ -192,3 +196,22 @@ def test_a_worker_stopped_while_its_job_cannot_finish_exits_in_time_and_the_even
     assert survivor.returncode == 0, output
     assert books.balance(wallet_id) == Decimal("0.75") and books.credits(wallet_id) == 1
     assert books.events()[0]["status"] == "processed"
+
+
+@pytest.mark.parametrize("processes", [1, 2], ids=["one process", "a pool of two"])
+def test_a_worker_signalled_while_still_starting_stops_instead_of_working_on(settings, processes, tmp_path):
+    """A dyno may be stopped seconds after it started: the SIGTERM then reaches worker processes that
+    are still building the app, before RQ has installed its signal handlers."""
+    log = tmp_path / "worker.log"
+    with open(log, "w") as log_file:
+        worker = start_worker_process(settings, command=rq_worker_command(settings, burst=False, processes=processes),
+                                      log_file=log_file, LOG_LEVEL="INFO")
+    try:
+        wait_for(lambda: "worker_starting" in log.read_text(), timeout=30, message="the worker to start")
+        started = time.monotonic()
+        os.killpg(worker.pid, signal.SIGTERM)
+        code = worker.wait(timeout=HEROKU_GRACE_SECONDS)
+    finally:
+        kill_tree(worker.pid)
+    assert code == 0, log.read_text()
+    assert time.monotonic() - started < HEROKU_GRACE_SECONDS
