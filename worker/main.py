@@ -5,11 +5,12 @@
    while Redis is down starts working when it comes back.
 3. Runs WORKER_PROCESSES (default 2) `WalletWorker`s on every queue the app enqueues to
    (`QUEUE_NAMES`, webhooks first), each with RQ's scheduler for retry intervals, under RQ's
-   WorkerPool, which starts a new worker whenever one exits (memory limit, crash). With one
+   WorkerPool (WalletWorkerPool), which starts a new worker whenever one exits (memory limit, crash). With one
    process the worker runs in this process, without a pool.
 SIGTERM or SIGINT: every worker finishes its current job (a drain hands back within one event)
 and the process exits 0; a signal that arrives while the processes are still starting (Heroku
-signals every process of a dyno at once) stops them as soon as they can be stopped. --burst: work until the queues are empty, then exit.
+signals every process of a dyno at once) stops them as soon as they can be stopped.
+--burst: work until the queues are empty, then exit.
 """
 from __future__ import annotations
 
