@@ -100,6 +100,8 @@ class WalletWorker(SimpleWorker):
 
     def work(self, *args, **kwargs):
         burst = kwargs.get("burst", args[0] if args else False)
+        if stopping():  # signalled before it even started (a pool's child forked as the dyno stops)
+            return False
         app = get_app()  # once per process: a bad environment stops the worker before any job
         _install_fork_hook()
         # The `rq` code gave its loggers their own plain handlers before the app configured logging;
