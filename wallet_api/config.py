@@ -66,6 +66,9 @@ class Settings:
     trusted_proxy_count: int = 0
     trusted_proxy_cidrs: str = ""
     database_tls_required: bool = False
+    # False: a rediss:// server's certificate is not verified (Heroku Redis's is self-signed);
+    # load_settings then writes `ssl_cert_reqs=none` into redis_url, which every client reads.
+    redis_tls_verify: bool = True
     metrics_token: str | None = None
     webhook_signature_tolerance_seconds: int = 300
     webhook_max_body_bytes: int = 64 * 1024
@@ -137,8 +140,12 @@ STRICT_SSLMODES = ("require", "verify-ca", "verify-full")
 
 
 def require_tls(url: str) -> str:
-    """The URL with TLS required: no sslmode means `sslmode=require` is added; a weaker one is an error."""
-    parsed = make_url(normalise_database_url(url))
+    """The URL with TLS required: no sslmode means `sslmode=require` is added; a weaker one is an error.
+
+    The scheme is kept (`postgres://` stays), so the URL still reads as libpq's: pg_dump and
+    psycopg2 take it as it is, and SQLAlchemy gets `Settings.sqlalchemy_url`.
+    """
+    parsed = make_url(url)
     mode = parsed.query.get("sslmode")
     if mode is None:
         return parsed.update_query_dict({"sslmode": "require"}).render_as_string(hide_password=False)
@@ -146,6 +153,18 @@ def require_tls(url: str) -> str:
         raise ValueError(f"sslmode={mode} does not require TLS; use one of {', '.join(STRICT_SSLMODES)} "
                          "(or DATABASE_TLS_REQUIRED=false on a private network).")
     return url
+
+
+def without_certificate_check(redis_url: str) -> str:
+    """A rediss:// URL whose server certificate is not verified (`ssl_cert_reqs=none`, which redis-py,
+    RQ's child processes and the limiter's storage all read from the URL itself); the
+    connection is still encrypted. Any other URL is an error: it would silently mean no TLS at all."""
+    if not redis_url.startswith("rediss://"):
+        raise ValueError("false applies only to a TLS connection: REDIS_URL must start with rediss:// "
+                         "(or leave REDIS_TLS_VERIFY unset).")
+    if "ssl_cert_reqs=" in redis_url:
+        return redis_url
+    return redis_url + ("&" if "?" in redis_url else "?") + "ssl_cert_reqs=none"
 
 
 def normalise_database_url(url: str) -> str:
@@ -195,6 +214,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         problem("WEBHOOK_ALLOWED_IPS", "Empty while WEBHOOK_IP_ALLOWLIST_ENFORCED is on (the production default): "
                                        "every MoonPay webhook would be refused. List MoonPay's source addresses, or "
                                        "set WEBHOOK_IP_ALLOWLIST_ENFORCED=false (the signature is the real control).")
+    if not values["redis_tls_verify"] and "REDIS_URL" not in problems:
+        try:
+            values["redis_url"] = without_certificate_check(values["redis_url"])
+        except ValueError as exc:
+            problem("REDIS_TLS_VERIFY", str(exc))
     for name in ("DATABASE_URL", "MIGRATION_DATABASE_URL"):
         key = name.lower()
         if values[key] and name not in problems:
@@ -252,6 +276,7 @@ def _declare(env: Env) -> dict:
         database_url=env.str("DATABASE_URL", validate=_url_scheme("postgres", "postgresql",
                                                                   "postgresql+psycopg2")),
         redis_url=env.str("REDIS_URL", validate=_url_scheme("redis", "rediss", "unix")),
+        redis_tls_verify=env.bool("REDIS_TLS_VERIFY", True),
         migration_database_url=env.str("MIGRATION_DATABASE_URL", "", validate=_url_scheme(
             "postgres", "postgresql", "postgresql+psycopg2")),
         jwt_secret=env.str("JWT_SECRET", validate=nonempty),

@@ -5,10 +5,12 @@
    while Redis is down starts working when it comes back.
 3. Runs WORKER_PROCESSES (default 2) `WalletWorker`s on every queue the app enqueues to
    (`QUEUE_NAMES`, webhooks first), each with RQ's scheduler for retry intervals, under RQ's
-   WorkerPool, which starts a new worker whenever one exits (memory limit, crash). With one
+   WorkerPool (WalletWorkerPool), which starts a new worker whenever one exits (memory limit, crash). With one
    process the worker runs in this process, without a pool.
 SIGTERM or SIGINT: every worker finishes its current job (a drain hands back within one event)
-and the process exits 0. --burst: work until the queues are empty, then exit.
+and the process exits 0; a signal that arrives while the processes are still starting (Heroku
+signals every process of a dyno at once) stops them as soon as they can be stopped.
+--burst: work until the queues are empty, then exit.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from rq.worker_pool import WorkerPool
 from wallet_api.config import ConfigError, Settings, load_settings
 from wallet_api.logging import configure_logging
 from wallet_api.queues import QUEUE_NAMES, redis_from_settings
-from worker.runner import MAX_BACKOFF_SECONDS, WalletWorker
+from worker.runner import MAX_BACKOFF_SECONDS, WalletWorker, request_shutdown, shutdown_requested, stopping
 
 log = structlog.get_logger("worker.main")
 
@@ -46,6 +48,16 @@ def wait_for_redis(settings: Settings, stop: threading.Event) -> Redis | None:
         delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
 
+class WalletWorkerPool(WorkerPool):
+    """RQ's pool, honouring a SIGTERM that arrived while it was forking its workers (before its own
+    handlers were installed): otherwise it would keep replacing the workers that stopped on it."""
+
+    def _install_signal_handlers(self):
+        super()._install_signal_handlers()
+        if stopping():
+            self.request_stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker.main", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,10 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     if processes < 1:
         parser.error("--processes must be at least 1")
 
-    stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    connection = wait_for_redis(settings, stop)
+        signal.signal(signum, request_shutdown)
+    connection = wait_for_redis(settings, shutdown_requested)
     if connection is None:
         return 0
     log.info("worker_starting", processes=processes, queues=list(QUEUE_NAMES), burst=args.burst)
@@ -74,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         WalletWorker(queues, connection=connection).work(burst=args.burst, with_scheduler=True,
                                                           logging_level=settings.log_level)
     else:
-        WorkerPool(list(QUEUE_NAMES), connection=connection, num_workers=processes,
-                   worker_class=WalletWorker).start(burst=args.burst, logging_level=settings.log_level)
+        WalletWorkerPool(list(QUEUE_NAMES), connection=connection, num_workers=processes,
+                         worker_class=WalletWorker).start(burst=args.burst, logging_level=settings.log_level)
     return 0
 
 

@@ -47,7 +47,9 @@ log = structlog.get_logger("worker.runner")
 
 MAX_BACKOFF_SECONDS = 30
 _app: Flask | None = None
-_stopping = threading.Event()
+# Set by SIGTERM/SIGINT: by worker.main's handler until RQ installs its own (a signal during start-up, which
+# a pool's children inherit too), then by RQ's through request_stop.
+shutdown_requested = threading.Event()
 _fork_hook_installed = False
 
 
@@ -63,7 +65,12 @@ def get_app() -> Flask:
 
 def stopping() -> bool:
     """True once this worker was asked to stop: long jobs hand back at their next safe point."""
-    return _stopping.is_set()
+    return shutdown_requested.is_set()
+
+
+def request_shutdown(*_signal) -> None:
+    """The SIGTERM/SIGINT handler of a worker process until RQ installs its own."""
+    shutdown_requested.set()
 
 
 @contextlib.contextmanager
@@ -93,6 +100,8 @@ class WalletWorker(SimpleWorker):
 
     def work(self, *args, **kwargs):
         burst = kwargs.get("burst", args[0] if args else False)
+        if stopping():  # signalled before it even started (a pool's child forked as the dyno stops)
+            return False
         app = get_app()  # once per process: a bad environment stops the worker before any job
         _install_fork_hook()
         # The `rq` code gave its loggers their own plain handlers before the app configured logging;
@@ -115,15 +124,22 @@ class WalletWorker(SimpleWorker):
                     delay = 1.0
                 log.warning("worker_redis_unavailable", worker=self.name, retry_in_seconds=delay)
                 try:
-                    if _stopping.wait(delay):
+                    if shutdown_requested.wait(delay):
                         return worked
                 except StopRequested:  # RQ's signal handler, still installed, stops an idle worker so
                     return worked
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 self.name = uuid.uuid4().hex  # the old registration may linger in Redis until its TTL
 
+    def _install_signal_handlers(self):
+        super()._install_signal_handlers()
+        # A SIGTERM that arrived while this process was still starting (Heroku signals every process of
+        # the dyno at once) went to request_shutdown: honour it now, or the worker would never stop.
+        if stopping():
+            self._stop_requested = True
+
     def request_stop(self, signum, frame):
-        _stopping.set()
+        shutdown_requested.set()
         return super().request_stop(signum, frame)
 
     def perform_job(self, job, queue):

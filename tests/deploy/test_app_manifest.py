@@ -102,12 +102,14 @@ def test_the_defaults_of_app_json_are_values_the_app_accepts(manifest):
     environ = {name: entry["value"] for name, entry in manifest["env"].items() if "value" in entry}
     environ.update({name: secrets.token_hex(32) for name in GENERATED_SECRETS})  # what generator: secret gives
     environ.update(DATABASE_URL="postgres://u:p@ec2-1-2-3-4.compute-1.amazonaws.com:5432/d",
-                   REDIS_URL="redis://h:p@ec2-1-2-3-4.compute-1.amazonaws.com:6379")
+                   REDIS_URL="rediss://:p@ec2-1-2-3-4.compute-1.amazonaws.com:6380")  # Heroku Redis: TLS
     environ.update(MOONPAY_WEBHOOK_SECRET="wk_live_7Hq2Zm9RtX4cVb1N", MOONPAY_SECRET_KEY="sk_live_K3p8Wq1Zr6Tx9Vm2",
                    CORS_ALLOWED_ORIGINS="https://app.example.com")
     settings = load_settings(environ)
     assert settings.is_production
     assert settings.trusted_proxy_count == 1  # Heroku's router appends one X-Forwarded-For hop
+    assert settings.redis_url.endswith("?ssl_cert_reqs=none")  # Heroku Redis's certificate is self-signed
+    assert settings.database_url.endswith("?sslmode=require")
 
 
 def test_formation_runs_the_procfile_processes(manifest):

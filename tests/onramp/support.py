@@ -313,16 +313,22 @@ class PrivateRedis:
         self.process: subprocess.Popen | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
+    def server_args(self) -> list[str]:
+        return ["--port", str(self.port)]
+
     def start(self) -> "PrivateRedis":
         self.process = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [self.binary, *self.server_args(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.dir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         wait_for(lambda: self.answers(), timeout=20, message="the private redis-server")
         return self
 
+    def client(self) -> Redis:
+        return Redis.from_url(self.url, socket_connect_timeout=0.5)
+
     def answers(self) -> bool:
         try:
-            return bool(Redis.from_url(self.url, socket_connect_timeout=0.5).ping())
+            return bool(self.client().ping())
         except Exception:  # noqa: BLE001 - not up yet
             return False
 
