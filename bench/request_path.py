@@ -375,26 +375,31 @@ def profile_buckets(raw: str) -> dict[str, int]:
     return counts
 
 
-def run_scenario(port: int, master: int, scenario: str, clients: int, slots: list[Slot], seconds: float,
-                 profile: Path | None = None) -> Run:
+def run_scenario(port: int | list[int], master: int | list[int], scenario: str, clients: int, slots: list[Slot],
+                 seconds: float, profile: Path | None = None) -> Run:
+    """One measured run; with lists of ports and masters (several gunicorn instances, bench/scaling.py)
+    the clients are spread round-robin and the CPU is the sum (py-spy records the first instance)."""
+    ports = port if isinstance(port, list) else [port]
+    masters = master if isinstance(master, list) else [master]
     context = multiprocessing.get_context("fork")
     out = context.Queue()
     measure_from = time.time() + 0.5 + WARMUP_SECONDS  # 0.5 s to start the processes and connect
     until = measure_from + seconds
-    processes = [context.Process(target=client_main, args=(port, scenario, slots[i], measure_from, until, out))
+    processes = [context.Process(target=client_main, args=(ports[i % len(ports)], scenario, slots[i], measure_from,
+                                                           until, out))
                  for i in range(clients)]
     for process in processes:
         process.start()
     time.sleep(max(0.0, measure_from - time.time()))
-    cpu_before = server_cpu_seconds(master)
+    cpu_before = sum(server_cpu_seconds(pid) for pid in masters)
     spy = None
     if profile is not None:
-        spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(master), "--subprocesses", "--gil",
+        spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(masters[0]), "--subprocesses", "--gil",
                                 "--nonblocking", "--rate", "200", "--format", "raw", "--duration",
                                 str(max(1, int(seconds))), "--output", str(profile)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(max(0.0, until - time.time()))
-    cpu_after = server_cpu_seconds(master)
+    cpu_after = sum(server_cpu_seconds(pid) for pid in masters)
     if spy is not None:
         spy.wait(timeout=60)
     results = [out.get(timeout=120) for _ in processes]

@@ -18,7 +18,8 @@ PAGE = ROOT / "docs" / "CONFIGURATION.md"
 ROW = re.compile(r"^\|\s*`([A-Z][A-Z0-9_]*)`\s*\|")
 MINIMAL = {"DATABASE_URL": "postgresql://app@db.internal/wallet", "REDIS_URL": "redis://cache.internal/0",
            "JWT_SECRET": secrets.token_urlsafe(48), "JWT_REFRESH_SECRET": secrets.token_urlsafe(48),
-           "MOONPAY_WEBHOOK_SECRET": "wk_" + secrets.token_hex(16), "MOONPAY_SECRET_KEY": "sk_" + secrets.token_hex(16), "CORS_ALLOWED_ORIGINS": "https://app.example.com",
+           "MOONPAY_WEBHOOK_SECRET": "wk_" + secrets.token_hex(16), "MOONPAY_SECRET_KEY": "sk_" + secrets.token_hex(16),
+           "CORS_ALLOWED_ORIGINS": "https://app.example.com",
            "WEBHOOK_ALLOWED_IPS": "10.0.0.1"}
 # Read from the environment outside config.py, by code that is not the app's configuration:
 # the platform sets PORT; local_services.py reads the test and development harness's own variables.
