@@ -40,8 +40,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import psycopg2  # noqa: E402
+from redis import Redis  # noqa: E402
+
 from bench import request_path as rp  # noqa: E402
 from bench import webhooks  # noqa: E402
+from wallet_api.local_services import resolve_test_services, with_database  # noqa: E402
 
 note = rp.note
 WORKER_BASELINE_CLIENTS = 4  # bench/webhooks.py's denominator
@@ -54,8 +58,6 @@ def parse_counts(text: str) -> list[int]:
 def scratch_database(admin, admin_url: str, label: str) -> tuple[str, str]:
     name = f"wallet_api_bench_scaling_{label}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    from wallet_api.local_services import with_database
-
     return name, with_database(admin_url, name)
 
 
@@ -207,11 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     if baseline is not None and not (baseline.is_file() and os.access(baseline, os.X_OK)):
         note(f"baseline script {baseline} not found: ratios are skipped")
         baseline = None
-
-    import psycopg2
-    from redis import Redis
-
-    from wallet_api.local_services import resolve_test_services
 
     admin_url, redis_server = resolve_test_services()
     redis_url = redis_server.rsplit("/", 1)[0] + f"/{args.redis_db}"
