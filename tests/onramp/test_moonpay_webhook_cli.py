@@ -1,13 +1,8 @@
 """`flask moonpay-webhook`: a newcomer's one command from an on-ramp session to a credited wallet,
 posted over real HTTP to the running app; refused in production."""
-import http.client
-import os
 import secrets
-import signal
-import socket
 import subprocess
 import threading
-import time
 from decimal import Decimal
 
 import pytest
@@ -71,48 +66,17 @@ def test_the_command_is_refused_in_production(make_settings_app, user, onramp):
     assert result.exit_code == 2 and "refused in production" in result.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _health(port: int) -> int | None:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        connection.request("GET", "/health")
-        return connection.getresponse().status
-    except OSError:
-        return None
-    finally:
-        connection.close()
-
-
 @pytest.mark.slow
-def test_from_outside_the_command_gunicorn_and_a_worker_process_credit_the_wallet(settings, user, onramp, books,
-                                                                                 tmp_path):
-    """As the README walk-through runs it: the app under bin/start-web, the command as its own process
-    (`bin/flask moonpay-webhook`), a worker process applying what it delivered."""
+def test_from_outside_the_command_and_a_worker_process_credit_the_wallet(app, running_app, settings, user, onramp,
+                                                                        books):
+    """As the README walk-through runs it, less gunicorn (tests/app/test_web_process.py covers bin/start-web):
+    the command as its own process (`bin/flask moonpay-webhook`), then a worker process applies it."""
     onramp_id, wallet_id = onramp(user, "ETH")
-    port = _free_port()
-    env = worker_env(settings, PORT=str(port), WEB_CONCURRENCY="1", GUNICORN_THREADS="2", DB_POOL_SIZE="2",
-                     PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
-    log = open(tmp_path / "web.log", "wb")
-    web = subprocess.Popen([str(ROOT / "bin" / "start-web")], cwd=ROOT, env=env, stdout=log, stderr=log,
-                           start_new_session=True)
-    log.close()
-    try:
-        deadline = time.monotonic() + 60
-        while _health(port) != 200:
-            assert web.poll() is None and time.monotonic() < deadline, (tmp_path / "web.log").read_text()
-            time.sleep(0.2)
-        sent = subprocess.run([*FLASK, "moonpay-webhook", str(onramp_id), "--amount", "0.0425"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
-        assert sent.returncode == 0, sent.stdout + sent.stderr
-        assert f"POST http://127.0.0.1:{port}/webhooks/moonpay -> 200" in sent.stdout
-    finally:
-        os.killpg(web.pid, signal.SIGTERM)
-        web.wait(timeout=30)
+    env = worker_env(settings)
+    sent = subprocess.run([*FLASK, "moonpay-webhook", str(onramp_id), "--amount", "0.0425", "--url", running_app],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert f"POST {running_app}/webhooks/moonpay -> 200" in sent.stdout
     worker = subprocess.Popen([str(ROOT / "bin" / "start-worker"), "--burst"], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     output = finish(worker)
