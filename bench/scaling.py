@@ -22,8 +22,8 @@ signed MoonPay `completed` webhooks waits while RQ is suspended; N worker proces
 one RQ worker each: N dynos of WORKER_PROCESSES=1) drain it; exactly-once is checked; pgbench at 4
 clients follows in the same round.
 
-Prints req/s (credits/s), latency, CPU per request, the pgbench tx/s of the same round, the ratio
-to it, and the speed-up over the first count.
+Prints req/s (credits/s), latency, CPU per request, the most database connections open during the
+runs, the pgbench tx/s of the same round, the ratio to it, and the speed-up over the first count.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 
@@ -59,6 +60,37 @@ def scratch_database(admin, admin_url: str, label: str) -> tuple[str, str]:
     name = f"wallet_api_bench_scaling_{label}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
     return name, with_database(admin_url, name)
+
+
+class ConnectionPeak:
+    """The most server connections the database `name` had open while the block ran (sampled every
+    0.2 s from pg_stat_activity, this sampler's own connection not counted): the connection budget,
+    measured."""
+
+    def __init__(self, admin_url: str, name: str):
+        self.admin_url, self.name, self.peak = admin_url, name, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        conn = psycopg2.connect(self.admin_url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                while not self._stop.wait(0.2):
+                    cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                                (self.name,))
+                    self.peak = max(self.peak, cur.fetchone()[0])
+        finally:
+            conn.close()
+
+    def __enter__(self) -> ConnectionPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 # --------------------------------------------------------------------------- web processes
@@ -98,9 +130,10 @@ def measure_web(args, admin, admin_url: str, redis, redis_url: str, baseline: Pa
                     ports, masters = [port for _, port in instances], [p.pid for p, _ in instances]
                     for scenario in args.scenarios:
                         note(f"round {round_no}: {count} web process(es), {scenario}, {args.clients} clients ...")
-                        run = rp.run_scenario(ports, masters, scenario, args.clients, slots, args.seconds)
+                        with ConnectionPeak(admin_url, name) as connections:
+                            run = rp.run_scenario(ports, masters, scenario, args.clients, slots, args.seconds)
                         run.round, run.baseline_tps = round_no, tps
-                        runs.append((count, run))
+                        runs.append((count, run, connections.peak))
                         redis.flushdb()  # enqueued webhook jobs: no worker runs here
                 finally:
                     for process, _ in instances:
@@ -116,12 +149,13 @@ def print_web(runs: list, args) -> None:
           f"({args.web_concurrency} worker(s) x {os.environ.get('GUNICORN_THREADS', '4 (as shipped)')} threads each), "
           f"production mode, {args.seconds:g} s per run")
     header = (f"{'web':>3} {'scenario':<13} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} "
-              f"{'srv ms/req':>10} {'pgbench':>8} {'ratio':>6} {'speed-up':>8}")
+              f"{'srv ms/req':>10} {'pg conns':>8} {'pgbench':>8} {'ratio':>6} {'speed-up':>8}")
     print(header + "\n" + "-" * len(header))
     for scenario in args.scenarios:
         first = None
         for count in args.web:
-            group = [run for n, run in runs if n == count and run.scenario == scenario]
+            group = [run for n, run, _ in runs if n == count and run.scenario == scenario]
+            peak = max(p for n, run, p in runs if n == count and run.scenario == scenario) if group else 0
             if not group:
                 continue
             rate = statistics.median(run.rate for run in group)
@@ -130,7 +164,7 @@ def print_web(runs: list, args) -> None:
             first = first or rate
             print(f"{count:>3} {scenario:<13} {rate:>7.0f} {statistics.median(r.pct(50) for r in group):>7.2f} "
                   f"{statistics.median(r.pct(99) for r in group):>7.2f} {sum(r.errors for r in group):>6} "
-                  f"{statistics.median(r.server_ms for r in group):>10.2f} "
+                  f"{statistics.median(r.server_ms for r in group):>10.2f} {peak:>8} "
                   f"{(f'{statistics.median(tps):.0f}' if tps else '-'):>8} "
                   f"{(f'{statistics.median(ratios):.3f}' if ratios else '-'):>6} {rate / first:>7.2f}x")
 
@@ -147,12 +181,13 @@ def measure_workers(args, admin, admin_url: str, redis_url: str, baseline: Path 
         for round_no in range(1, args.rounds + 1):
             for count in args.workers:
                 note(f"round {round_no}: {count} worker process(es), backlog of {args.events} webhooks ...")
-                result = webhooks.run_round(database_url, env, args.events, count)
+                with ConnectionPeak(admin_url, name) as connections:
+                    result = webhooks.run_round(database_url, env, args.events, count)
                 tps = None
                 if baseline is not None:
                     note(f"round {round_no}: pgbench, {WORKER_BASELINE_CLIENTS} clients ...")
                     tps = rp.run_baseline(baseline, WORKER_BASELINE_CLIENTS, args.seconds)
-                results.append((count, result, tps))
+                results.append((count, {**result, "connections": connections.peak}, tps))
     finally:
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return results
@@ -161,7 +196,8 @@ def measure_workers(args, admin, admin_url: str, redis_url: str, baseline: Path 
 def print_workers(results: list, args) -> None:
     print(f"\nWorker processes: a backlog of {args.events} signed webhooks drained by N worker processes "
           f"(one RQ worker each), exactly-once checked; pgbench at {WORKER_BASELINE_CLIENTS} clients")
-    header = (f"{'workers':>7} {'credits/s':>9} {'drain s':>8} {'lag p50 s':>9} {'lag p99 s':>9} {'pgbench':>8} "
+    header = (f"{'workers':>7} {'credits/s':>9} {'drain s':>8} {'lag p50 s':>9} {'lag p99 s':>9} {'pg conns':>8} "
+              f"{'pgbench':>8} "
               f"{'ratio':>6} {'speed-up':>8}")
     print(header + "\n" + "-" * len(header))
     first = None
@@ -172,7 +208,9 @@ def print_workers(results: list, args) -> None:
         ratio = statistics.median(result["rate"] / t for result, t in group if t) if tps else None
         first = first or rate
         middle = {key: statistics.median(r[key] for r, _ in group) for key in ("seconds", "p50", "p99")}
+        peak = max(r["connections"] for r, _ in group)
         print(f"{count:>7} {rate:>9.1f} {middle['seconds']:>8.2f} {middle['p50']:>9.2f} {middle['p99']:>9.2f} "
+              f"{peak:>8} "
               f"{(f'{statistics.median(tps):.0f}' if tps else '-'):>8} {(f'{ratio:.3f}' if ratio else '-'):>6} "
               f"{rate / first:>7.2f}x")
 
@@ -237,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     if worker_results:
         print_workers(worker_results, args)
     print("\nratio: req/s (credits/s) over pgbench tx/s in the same round; speed-up: over the first count. On one "
-          "machine\nmore processes share the same cores with PostgreSQL: the speed-up ends where the CPUs do.")
+          "machine\nmore processes share the same cores with PostgreSQL: the speed-up ends where the CPUs do.\n"
+          "pg conns: the most server connections open on the database during the runs (workers: the whole round,\n"
+          "seeding included).")
     return 0
 
 
