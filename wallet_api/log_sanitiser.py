@@ -2,7 +2,8 @@
 
 Two rules, applied at any depth of dicts, lists and tuples:
 - a value under a secret-looking key (password, token, secret, api key, signature, Authorization,
-  cookie, credential, card number, CVV) is replaced whole;
+  cookie, credential, card number, CVV), or paired with one (`("Authorization", "...")`, as
+  header lists are), is replaced whole;
 - inside every string: `key=value` / `key: value` / `"key": "value"` pairs with such a key,
   `Bearer ...` credentials, JWTs (`eyJ...`), provider secret keys (`sk_live_...`, `wk_test_...`),
   the password of a URL (`scheme://user:password@host`) are replaced, and digit runs that look like
@@ -27,7 +28,7 @@ _SECRET_KEY = re.compile(rf"{_SECRET_WORDS}|cvv|cvc|card[_-]?number|^pan$", re.I
 # One alternation, one pass: each branch names what it found.
 _SENSITIVE = re.compile(rf"""
     (?P<assign>(?<![\w-])[\w-]*(?:{_SECRET_WORDS})[\w-]*["']?\s*[=:]\s*)
-        (?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|(?:(?:bearer|basic|digest)\s+)?[^\s"',;&}}\]]+)
+        (?P<value>"(?:[^"\\]|\\.)*"|'[^']*'|(?:(?:bearer|basic|digest)\s+)?[^\s"';&}}\]]+)
   | (?P<bearer>\bbearer\s+)[\w.~+/=-]+
   | (?P<jwt>\beyJ[\w-]+\.[\w-]+\.[\w-]*)
   | (?P<provider_key>\b(?:sk|wk|rk)_(?:live|test)_\w+)
@@ -74,6 +75,9 @@ def _clean_value(value):
     if isinstance(value, dict):
         return {k: _clean(k, v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
+        if len(value) == 2 and isinstance(value, (list, tuple)) and isinstance(value[0], str) \
+                and looks_secret(value[0]):
+            return [value[0], REDACTED]  # a (name, value) pair, as headers often are
         return [_clean_value(v) for v in value]
     if isinstance(value, BaseException):  # rendered with repr(): its message may quote a secret
         return _SENSITIVE.sub(_replace, repr(value))

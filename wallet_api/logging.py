@@ -32,7 +32,7 @@ from flask import Flask, g, request
 
 from wallet_api.log_sanitiser import REDACTED, looks_secret, sanitise_event
 
-__all__ = ["REDACTED", "looks_secret", "configure_logging", "init_request_logging", "job_context", "bind_job",
+__all__ = ["REDACTED", "looks_secret", "configure_logging", "init_request_logging", "job_context", "bind_job", "scoped_context",
            "bind_user", "current_request_id", "REQUEST_ID_HEADER", "JOB_REQUEST_ID", "AUDIT_LOGGER"]
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -133,6 +133,19 @@ def bind_user(user_id) -> None:
 def current_request_id() -> str | None:
     """The request id of the current request or job, if any (what a job enqueued now carries)."""
     return structlog.contextvars.get_contextvars().get("request_id")
+
+
+@contextlib.contextmanager
+def scoped_context(**values):
+    """Bind `values` for the block; afterwards the context is exactly what it was before, so ids
+    bound inside the block (by `bind_contextvars` anywhere below) end with it too."""
+    saved = structlog.contextvars.get_contextvars()
+    structlog.contextvars.bind_contextvars(**values)
+    try:
+        yield
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(**saved)
 
 
 def bind_job(job) -> None:
