@@ -10,9 +10,10 @@ Two rules, applied at any depth of dicts, lists and tuples:
   a payment card number (13 to 19 digits, optional spaces or dashes, starting 2-6, passing Luhn) are
   masked to their last four digits.
 
-Cost: one precompiled regex pass per string value (most lines hold a handful of short strings) and
-one cached regex lookup per key; fields this module's own chain writes (timestamp, level, logger)
-are skipped. `bench/log_sanitiser.py` measures it per line.
+Cost, per string value: a few substring tests on its lower-case copy, then a precompiled regex pass
+only when one of them hits (or a digit run could be a card); per key, one cached lookup. Fields the
+logging chain or this code's own context binding writes (timestamp, level, logger, the context ids)
+are skipped. `bench/log_sanitiser.py` measures it per line (docs/LOGGING.md has the numbers).
 """
 from __future__ import annotations
 
@@ -41,12 +42,14 @@ _CARD_HINT = re.compile(r"[2-6][\d -]{11}")  # a cheaper scan that every card nu
 _NOT_DIGITS = re.compile(r"\D")
 # Every branch of _SENSITIVE but the card's starts with one of these (lower case). Most strings hold
 # none, and a few substring tests cost far less than a case-insensitive regex pass.
-_TRIGGERS = ("pass", "secret", "token", "authori", "api", "signature", "cookie", "credential", "private",
-             "bearer", "eyj", "_live_", "_test_", "://")
+_TRIGGERS = ("pass", "secret", "token", "authori", "apikey", "api_key", "api-key", "signature", "cookie",
+             "credential", "private", "bearer", "eyj", "_live_", "_test_", "://")
 _SHORTEST_MATCH = 6  # "pass=x"
 
-# Written by the processors before this one, never from outside data.
-_TRUSTED_FIELDS = frozenset({"timestamp", "level", "logger"})
+# Written by the processors before this one, or ids this code binds itself (UUIDs from a verified
+# token, a route converter or a database row; an RQ job id; a module path), never outside text.
+_TRUSTED_FIELDS = frozenset({"timestamp", "level", "logger", "method", "user_id", "wallet_id", "to_wallet_id",
+                             "provider_event_id", "job_id", "job_name"})
 
 
 def sanitise_event(_logger, _name, event_dict: dict) -> dict:

@@ -30,10 +30,7 @@ import uuid
 import structlog
 from flask import Flask, g, request
 
-from wallet_api.log_sanitiser import REDACTED, looks_secret, sanitise_event
-
-__all__ = ["REDACTED", "looks_secret", "configure_logging", "init_request_logging", "job_context", "bind_job", "scoped_context",
-           "bind_user", "current_request_id", "REQUEST_ID_HEADER", "JOB_REQUEST_ID", "AUDIT_LOGGER"]
+from wallet_api.log_sanitiser import sanitise_event
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")

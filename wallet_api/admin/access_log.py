@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from wallet_api import audit
 from wallet_api.admin.models import AdminAccessLog
 from wallet_api.extensions import db
-from wallet_api.logging import REDACTED, looks_secret
+from wallet_api.log_sanitiser import REDACTED, looks_secret
 from wallet_api.pagination import Page, keyset_page
 
 log = structlog.get_logger(__name__)
