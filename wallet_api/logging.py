@@ -99,12 +99,11 @@ def init_request_logging(app: Flask) -> None:
         g.request_id = rid
         g.request_started = time.perf_counter()
         structlog.contextvars.clear_contextvars()
+        context = {"request_id": rid, "method": request.method, "path": request.path}
         wallet_id = request.view_args.get("wallet_id") if request.view_args else None
-        if wallet_id is not None:
-            structlog.contextvars.bind_contextvars(request_id=rid, method=request.method, path=request.path,
-                                                  wallet_id=str(wallet_id))
-        else:
-            structlog.contextvars.bind_contextvars(request_id=rid, method=request.method, path=request.path)
+        if wallet_id is not None:  # a route naming a wallet (its converter made it a UUID)
+            context["wallet_id"] = str(wallet_id)
+        structlog.contextvars.bind_contextvars(**context)
 
     @app.after_request
     def echo_request_id(response):

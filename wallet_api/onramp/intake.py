@@ -123,9 +123,9 @@ def receive_moonpay_webhook(*, parsed: ParsedWebhook, now: dt.datetime | None = 
     }).scalar_one_or_none()
     drain = request_drain() if inserted is not None else None
     db.session.commit()
-    # The request's line names the event (and so do the apply job's): one id joins them.
-    structlog.contextvars.bind_contextvars(provider_event_id=str(inserted) if inserted else None,
-                                          external_id=parsed.transaction.id)
+    structlog.contextvars.bind_contextvars(external_id=parsed.transaction.id)
     if drain is None:
         return ReceiveResult(event_id=None, duplicate=True, enqueued=False)
+    # The request's line names the event, and so do the lines applying it: one id joins them.
+    structlog.contextvars.bind_contextvars(provider_event_id=str(inserted))
     return ReceiveResult(event_id=inserted, duplicate=False, enqueued=bool(drain.ok))

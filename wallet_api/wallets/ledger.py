@@ -76,10 +76,10 @@ from decimal import Decimal
 
 import structlog
 from flask import current_app
-from structlog.contextvars import bound_contextvars
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+from structlog.contextvars import bound_contextvars
 
 from wallet_api import audit, metrics
 from wallet_api.database import lost_before_commit
