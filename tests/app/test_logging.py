@@ -9,9 +9,11 @@ import sys
 
 import pytest
 import structlog
+from rq import Queue
 
 from tests.onramp.support import finish, moonpay_event, post_webhook, start_worker_process
 from wallet_api.logging import configure_logging
+from wallet_api.queues import DEFAULT
 
 SCRIPT = """
 import logging, structlog
@@ -185,7 +187,8 @@ def test_audit_lines_are_written_whatever_the_log_level(client, auth_headers, ad
     assert [line["event"] for line in lines] == ["money_moved", "admin_action"]
 
 
-def test_the_request_id_follows_a_webhook_into_its_job_on_a_real_worker(client, user, onramp, settings, log_lines):
+def test_the_request_id_follows_a_webhook_into_its_job_on_a_real_worker(client, user, onramp, settings, log_lines,
+                                                                       redis_client):
     onramp_id, wallet_id = onramp(user, "ETH")
     res = post_webhook(client, moonpay_event(onramp_id=onramp_id, user_id=user.id, amount="0.5"),
                        headers={"X-Request-ID": "webhook-req-77"})
@@ -193,6 +196,9 @@ def test_the_request_id_follows_a_webhook_into_its_job_on_a_real_worker(client, 
     (request_line,) = _requests(log_lines())
     event_id = request_line["provider_event_id"]
     assert request_line["request_id"] == "webhook-req-77" and event_id
+
+    # A job enqueued by no request (as the scheduler does), run by the same worker after the drain.
+    Queue(DEFAULT, connection=redis_client).enqueue("worker.jobs.purge_idempotency_keys")
 
     worker = start_worker_process(settings, LOG_LEVEL="INFO", LOG_JSON="true")
     output = finish(worker)
@@ -211,5 +217,18 @@ def test_the_request_id_follows_a_webhook_into_its_job_on_a_real_worker(client, 
     # RQ's own line about the job's outcome carries the job's context too.
     assert any(line["logger"].startswith("rq.") and line.get("job_id") == processed["job_id"]
                and line["request_id"] == "webhook-req-77" for line in job_lines)
-    # Nothing of the job is left on the worker's lines after it.
-    assert all("job_id" in line for line in job_lines if line.get("provider_event_id"))
+    # The scheduled job has a request id of its own, and nothing of the drain before it.
+    purge = [line for line in job_lines if line.get("job_name") == "worker.jobs.purge_idempotency_keys"]
+    assert purge and {line["request_id"] for line in purge} != {"webhook-req-77"}
+    assert len({line["request_id"] for line in purge}) == 1
+    assert not any("provider_event_id" in line or "user_id" in line for line in purge)
+    # Nothing of a job is left on the lines between jobs (RQ's dequeuing, the worker's own).
+    between = [line for line in job_lines if "job_id" not in line]
+    assert between and not any({"request_id", "provider_event_id", "user_id"} & line.keys() for line in between)
+
+
+def test_a_job_enqueued_after_a_commit_carries_the_request_id(client, admin, auth_headers, redis_client):
+    res = client.post("/admin/jobs/idempotency-purge/run", headers={**auth_headers(admin), "X-Request-ID": "run-9"})
+    assert res.status_code == 202, res.get_json()
+    (job,) = Queue(DEFAULT, connection=redis_client).jobs
+    assert job.meta["request_id"] == "run-9"
