@@ -37,7 +37,6 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # The job meta field carrying the id of the request (or job) that enqueued it.
 JOB_REQUEST_ID = "request_id"
 AUDIT_LOGGER = "wallet_api.audit"
-_UNSCANNED = ("exc_info",)  # rendered (and then sanitised) by format_exc_info, or by the dev renderer
 
 
 def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
@@ -61,10 +60,11 @@ def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         # The sanitiser runs once per line, structlog's and the stdlib's alike, after the exception
-        # is rendered to text (so a secret quoted in an error message is caught too).
+        # is rendered to text (so a secret quoted in an error message is caught too, in development
+        # as in production).
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.format_exc_info if json else (lambda _l, _n, e: e),
-                    _sanitise_all_but_exc_info,
+                    structlog.processors.format_exc_info,
+                    sanitise_event,
                     renderer],
     ))
     # Every line is rendered from the event dict alone, so the stdlib need not find each call's
@@ -80,13 +80,6 @@ def configure_logging(*, level: str = "INFO", json: bool = False) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     # The audit trail does not depend on LOG_LEVEL: an operator quieting the logs keeps it.
     logging.getLogger(AUDIT_LOGGER).setLevel(logging.INFO)
-
-
-def _sanitise_all_but_exc_info(logger, name, event_dict: dict) -> dict:
-    kept = {key: event_dict.pop(key) for key in _UNSCANNED if key in event_dict}
-    cleaned = sanitise_event(logger, name, event_dict)
-    cleaned.update(kept)
-    return cleaned
 
 
 def init_request_logging(app: Flask) -> None:
