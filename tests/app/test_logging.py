@@ -140,7 +140,8 @@ def test_nothing_of_one_request_leaks_into_the_next_on_the_same_thread(client, u
     assert "user_id" not in second and second["request_id"] != first["request_id"]
 
 
-def test_a_transfer_and_an_admin_adjustment_each_write_one_audit_line(client, make_user, auth_headers, crypto_wallet, admin, log_lines):
+def test_a_transfer_and_an_admin_adjustment_each_write_one_audit_line(client, make_user, auth_headers, crypto_wallet,
+                                                                      admin, log_lines):
     alice, bob = make_user(), make_user()
     source, destination = crypto_wallet(alice, "USD"), crypto_wallet(bob, "USD")
     funded = client.post(f"/admin/wallets/{source}/credit", json={"amount": "50.00", "reason": "opening balance"},
