@@ -49,7 +49,7 @@ _SHORTEST_MATCH = 6  # "pass=x"
 # Written by the processors before this one, or ids this code binds itself (UUIDs from a verified
 # token, a route converter or a database row; an RQ job id; a module path), never outside text.
 _TRUSTED_FIELDS = frozenset({"timestamp", "level", "logger", "method", "user_id", "wallet_id", "to_wallet_id",
-                             "provider_event_id", "job_id", "job_name"})
+                             "provider_event_id", "job_id", "job_name", "parent_job_id"})
 
 
 def sanitise_event(_logger, _name, event_dict: dict) -> dict:

@@ -7,7 +7,8 @@ reused gthread thread or worker process never carries one request's ids into the
 
     request_id          every web request (X-Request-ID when sane, else a new one); the jobs a
                         request enqueues carry it in their meta (wallet_api/queues.py), and their lines
-                        show it; a job the scheduler enqueues starts an id of its own
+                        show it; any other job starts an id of its own
+    parent_job_id       a job enqueued by another job (a drain's continuation, a sweep)
     method, path        web requests
     user_id             once the access token is verified (auth/tokens.py)
     wallet_id           routes naming a wallet, and the ledger while it moves money (`to_wallet_id`
@@ -34,8 +35,9 @@ from wallet_api.log_sanitiser import sanitise_event
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# The job meta field carrying the id of the request (or job) that enqueued it.
+# Job meta fields: the web request that enqueued the job, or the job that did.
 JOB_REQUEST_ID = "request_id"
+JOB_PARENT_ID = "parent_job_id"
 AUDIT_LOGGER = "wallet_api.audit"
 
 
@@ -119,9 +121,17 @@ def bind_user(user_id) -> None:
     structlog.contextvars.bind_contextvars(user_id=str(user_id))
 
 
-def current_request_id() -> str | None:
-    """The request id of the current request or job, if any (what a job enqueued now carries)."""
-    return structlog.contextvars.get_contextvars().get("request_id")
+def job_origin() -> dict:
+    """What a job enqueued now carries in its meta: the web request's id, or, from inside a job, that
+    job's id (the new job starts a request id of its own: a drain's continuation, the sweeper's
+    re-enqueued drains and alert notifications are not the work of the request that started the
+    first job); nothing from the scheduler or a command."""
+    context = structlog.contextvars.get_contextvars()
+    if "job_id" in context:
+        return {JOB_PARENT_ID: context["job_id"]}
+    if "request_id" in context:
+        return {JOB_REQUEST_ID: context["request_id"]}
+    return {}
 
 
 @contextlib.contextmanager
@@ -138,12 +148,15 @@ def scoped_context(**values):
 
 
 def bind_job(job) -> None:
-    """A fresh log context for RQ job `job`: its id, its function and the request id it was enqueued
-    with (or a new one, for a job the scheduler enqueued)."""
+    """A fresh log context for RQ job `job`: its id, its function, the request id it was enqueued
+    with (or a new one, for a job enqueued by a job, the scheduler or a command) and the id of the
+    job that enqueued it, if one did (see `job_origin`)."""
     meta = job.meta or {}
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=meta.get(JOB_REQUEST_ID) or uuid.uuid4().hex,
                                           job_id=job.id, job_name=job.func_name)
+    if meta.get(JOB_PARENT_ID):
+        structlog.contextvars.bind_contextvars(parent_job_id=meta[JOB_PARENT_ID])
 
 
 @contextlib.contextmanager

@@ -6,14 +6,15 @@ import json
 import logging
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import structlog
 from rq import Queue
 
 from tests.onramp.support import finish, moonpay_event, post_webhook, start_worker_process
-from wallet_api.logging import configure_logging
-from wallet_api.queues import DEFAULT
+from wallet_api.logging import bind_job, configure_logging
+from wallet_api.queues import DEFAULT, with_origin
 
 SCRIPT = """
 import logging, structlog
@@ -233,3 +234,23 @@ def test_a_job_enqueued_after_a_commit_carries_the_request_id(client, admin, aut
     assert res.status_code == 202, res.get_json()
     (job,) = Queue(DEFAULT, connection=redis_client).jobs
     assert job.meta["request_id"] == "run-9"
+
+
+def test_a_job_enqueued_by_a_job_names_its_parent_and_starts_a_request_id_of_its_own():
+    structlog.contextvars.clear_contextvars()
+    try:
+        structlog.contextvars.bind_contextvars(request_id="req-1")
+        assert with_origin(None) == {"request_id": "req-1"}
+        bind_job(SimpleNamespace(id="job-1", func_name="worker.jobs.drain_webhook_events",
+                                 meta=with_origin({"other": 1})))
+        assert structlog.contextvars.get_contextvars() == {
+            "request_id": "req-1", "job_id": "job-1", "job_name": "worker.jobs.drain_webhook_events"}
+        continuation = with_origin(None)
+        assert continuation == {"parent_job_id": "job-1"}
+        bind_job(SimpleNamespace(id="job-2", func_name="worker.jobs.drain_webhook_events", meta=continuation))
+        context = structlog.contextvars.get_contextvars()
+        assert context["parent_job_id"] == "job-1" and context["request_id"] not in ("req-1", None)
+        structlog.contextvars.clear_contextvars()  # the scheduler, a command: nothing to carry
+        assert with_origin(None) is None and with_origin({"x": 1}) == {"x": 1}
+    finally:
+        structlog.contextvars.clear_contextvars()
