@@ -349,7 +349,8 @@ class Run:
 # Where a sampled stack's time goes: the first bucket, from the innermost frame outwards, whose marker
 # is in a frame's file. Standard-library frames (json, uuid, socket ...) count for their caller.
 PROFILE_BUCKETS = (
-    ("logging", ("structlog/", "logging/", "wallet_api/logging.py")),
+    ("logging", ("structlog/", "logging/", "wallet_api/logging.py", "wallet_api/log_sanitiser.py",
+                 "wallet_api/audit.py")),
     ("metrics", ("prometheus_client/", "wallet_api/metrics.py")),
     ("JWT", ("jwt/", "flask_jwt_extended/")),
     ("schemas (marshmallow, webargs, smorest)", ("marshmallow/", "webargs/", "flask_smorest/", "apispec/")),

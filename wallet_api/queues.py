@@ -6,6 +6,8 @@ wait for the commit, `after_commit`) registers it on the current database sessio
 hook sends it after the COMMIT (and drops it on a rollback).
 Jobs take ids, never ORM objects, and must tolerate finding nothing to do (RQ may run a job
 twice, or never: a job lost with Redis is found again by the sweepers).
+Every job carries the id of the web request (or job) that enqueued it in its meta, which RQ stores
+with the job and the worker reads with it: no extra Redis round trip on either side.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from wallet_api.config import Settings
 from wallet_api.extensions import db
+from wallet_api.logging import JOB_PARENT_ID, JOB_REQUEST_ID, job_origin
 
 log = structlog.get_logger(__name__)
 
@@ -47,9 +50,24 @@ def redis_connection() -> Redis:
     return ext["wallet_redis"]
 
 
+class TracedQueue(Queue):
+    """A queue whose jobs carry where they come from (see `with_origin`)."""
+
+    def create_job(self, *args, meta: dict | None = None, **kwargs):
+        return super().create_job(*args, meta=with_origin(meta), **kwargs)
+
+
+def with_origin(meta: dict | None) -> dict | None:
+    """`meta` plus the enqueuing request's id or job's id (logging.job_origin), unless it names one."""
+    if meta is not None and (JOB_REQUEST_ID in meta or JOB_PARENT_ID in meta):
+        return meta
+    origin = job_origin()
+    return {**(meta or {}), **origin} if origin else meta
+
+
 def get_queue(name: str = DEFAULT) -> Queue:
     settings = current_app.config["SETTINGS"]
-    return Queue(name, connection=redis_connection(), default_timeout=settings.rq_job_timeout_seconds)
+    return TracedQueue(name, connection=redis_connection(), default_timeout=settings.rq_job_timeout_seconds)
 
 
 @dataclass
@@ -87,6 +105,10 @@ def enqueue_after_commit(queue: str, func: str, *args, **options) -> PendingJob:
 
     `options` are RQ's enqueue options (job_id, job_timeout, retry, result_ttl, ...).
     """
+    # The origin now: the commit may come when the context that asked is gone.
+    meta = with_origin(options.pop("meta", None))
+    if meta is not None:
+        options["meta"] = meta
     pending = PendingJob(queue=queue, func=func, args=args, options=options)
     after_commit(pending.send)
     return pending

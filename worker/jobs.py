@@ -17,6 +17,7 @@ from wallet_api.backups.service import backup_job
 from wallet_api.idempotency import purge_expired
 from wallet_api.jobs.models import Trigger
 from wallet_api.jobs.runner import run_job
+from wallet_api.logging import bind_job
 from wallet_api.onramp.apply_job import drain_pending, process_event
 from wallet_api.onramp.retry_job import run_webhook_maintenance
 from wallet_api.reconciliation.provider_job import run_provider_reconciliation
@@ -31,10 +32,10 @@ DRAIN_BUDGET_SECONDS = 10.0
 
 
 def _bind_job() -> None:
+    """The job's log context, unless the worker (WalletWorker) bound it already: any RQ worker works."""
     job = get_current_job()
-    structlog.contextvars.clear_contextvars()
-    if job is not None:
-        structlog.contextvars.bind_contextvars(job_id=job.id, job_func=job.func_name)
+    if job is not None and structlog.contextvars.get_contextvars().get("job_id") != job.id:
+        bind_job(job)  # cleared by job_app_context when the job ends
 
 
 def _periodic(name: str, work, run_id: str | None, trigger: str) -> dict:

@@ -42,6 +42,7 @@ from sqlalchemy.orm import configure_mappers
 
 from wallet_api import create_app
 from wallet_api.extensions import db
+from wallet_api.logging import job_context
 
 log = structlog.get_logger("worker.runner")
 
@@ -81,9 +82,9 @@ def job_app_context():
         try:
             yield app
         finally:
+            # The log context stays until the worker's `execute_job` ends, so RQ's own lines about
+            # this job (its outcome, its traceback) still carry it; the next job starts a fresh one.
             db.session.remove()
-            # The next job (or RQ's own lines between jobs) must not carry this job's log context.
-            structlog.contextvars.clear_contextvars()
 
 
 def resident_memory_mb() -> float:
@@ -141,6 +142,11 @@ class WalletWorker(SimpleWorker):
     def request_stop(self, signum, frame):
         shutdown_requested.set()
         return super().request_stop(signum, frame)
+
+    def execute_job(self, job, queue):
+        # RQ's own lines about the job (its outcome, a traceback) carry the job's context too.
+        with job_context(job):
+            return super().execute_job(job, queue)
 
     def perform_job(self, job, queue):
         outcome = super().perform_job(job, queue)

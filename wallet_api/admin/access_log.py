@@ -25,9 +25,10 @@ from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
+from wallet_api import audit
 from wallet_api.admin.models import AdminAccessLog
 from wallet_api.extensions import db
-from wallet_api.logging import REDACTED, looks_secret
+from wallet_api.log_sanitiser import REDACTED, looks_secret
 from wallet_api.pagination import Page, keyset_page
 
 log = structlog.get_logger(__name__)
@@ -110,6 +111,9 @@ def close_access(response):
     except Exception:  # noqa: BLE001 - the answer stands; the failure to record it is an error to look at
         db.session.rollback()
         log.exception("admin_access_not_recorded", action=access.action, status=response.status_code)
+    audit.admin_action(admin_id=access.actor_id, action=access.action, target=access.target_id,
+                       outcome=audit.outcome_of(response.status_code), status=response.status_code,
+                       method=access.method, role=access.actor_role)
     return response
 
 

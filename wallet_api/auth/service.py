@@ -24,6 +24,7 @@ from wallet_api.auth.tokens import issue_access_token
 from wallet_api.db_types import utcnow
 from wallet_api.errors import Conflict, Unauthorized
 from wallet_api.extensions import db
+from wallet_api.logging import bind_user
 
 INVALID_CREDENTIALS = "Invalid email or password."
 
@@ -45,6 +46,7 @@ def register_user(*, email: str, password: str, role: Role = Role.USER) -> User:
     except IntegrityError:
         db.session.rollback()
         raise Conflict("An account with this email already exists.", error="email_taken") from None
+    bind_user(user.id)
     return user
 
 
@@ -53,6 +55,7 @@ def login(*, email: str, password: str) -> TokenPair:
     user = db.session.scalar(select(User).where(User.email == email.strip().lower()))
     if not passwords.verify_password(user.password_hash if user else None, password):
         raise Unauthorized(INVALID_CREDENTIALS, error="invalid_credentials")
+    bind_user(user.id)
     if passwords.needs_rehash(user.password_hash):
         user.password_hash = passwords.hash_password(password)
     pair = _issue_pair(user=user, family_id=uuid.uuid4())
@@ -82,6 +85,7 @@ def refresh(*, refresh_token: str) -> TokenPair:
         db.session.rollback()
         raise Unauthorized("Invalid or expired refresh token.", error="invalid_refresh_token")
     user = db.session.get(User, consumed.user_id)
+    bind_user(user.id)
     pair = _issue_pair(user=user, family_id=consumed.family_id)
     db.session.commit()
     return pair

@@ -11,6 +11,7 @@ from functools import wraps
 from flask_jwt_extended import JWTManager, create_access_token, get_jwt, verify_jwt_in_request
 
 from wallet_api.errors import Forbidden, envelope
+from wallet_api.logging import bind_user
 
 
 def issue_access_token(*, user_id, role: str) -> str:
@@ -28,10 +29,18 @@ def register_jwt_handlers(jwt: JWTManager) -> None:
     jwt.revoked_token_loader(lambda header, payload: unauthorized("Access token revoked.", "token_revoked"))
     jwt.needs_fresh_token_loader(lambda header, payload: unauthorized("Fresh token required."))
     jwt.user_lookup_error_loader(lambda header, payload: unauthorized("Unknown user.", "invalid_token"))
-    # PyJWT checks `exp` only when present: a token minted without one would never expire.
-    jwt.token_verification_loader(lambda header, payload: "exp" in payload)
+    jwt.token_verification_loader(_verified)
     jwt.token_verification_failed_loader(
         lambda header, payload: unauthorized("Access token has no expiry.", "invalid_token"))
+
+
+def _verified(_header: dict, payload: dict) -> bool:
+    """Called once the token's signature and expiry are checked."""
+    # PyJWT checks `exp` only when present: a token minted without one would never expire.
+    if "exp" not in payload:
+        return False
+    bind_user(payload.get("sub"))  # the rest of the request's log lines name the user
+    return True
 
 
 def admin_required(fn):

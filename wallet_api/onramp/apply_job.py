@@ -21,12 +21,14 @@ from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
 from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
+from structlog.contextvars import bind_contextvars
 
 from wallet_api.alerts.models import AlertType
 from wallet_api.alerts.service import raise_alert, raise_alerts
 from wallet_api.db_types import utcnow
 from wallet_api.errors import ApiError, describe_exception
 from wallet_api.extensions import db
+from wallet_api.logging import scoped_context
 from wallet_api.metrics import record_webhook, timed
 from wallet_api.onramp import moonpay
 from wallet_api.onramp.credit_spike import PLATFORM_CHECK_EVERY_SECONDS, find_credit_spikes
@@ -122,12 +124,12 @@ def _process_locked(event: WebhookEvent, *, now: dt.datetime) -> str:
     """Apply a locked, unprocessed event and commit: processed, or a failure recorded for a retry."""
     settings = current_app.config["SETTINGS"]
     session = db.session
-    with timed() as elapsed:
+    # Every line about this event names it; nothing bound while applying it outlives it.
+    with timed() as elapsed, scoped_context(provider_event_id=str(event.id), external_id=event.external_id):
         # Counted after the savepoint, in the event's one UPDATE: begin_nested flushes pending changes,
         # so counting first would cost a round trip of its own. A crash rolls either back the same.
         attempt = event.attempts + 1
-        log_context = dict(event_id=str(event.id), external_id=event.external_id,
-                           external_status=event.external_status, attempt=attempt)
+        log_context = dict(event_id=str(event.id), external_status=event.external_status, attempt=attempt)
         credited_user = None
         try:
             with session.begin_nested():
@@ -224,6 +226,7 @@ def _apply(*, event: WebhookEvent, now: dt.datetime) -> tuple[str, OnrampTransac
     if new_status is None:
         raise ProcessingError(f"unknown MoonPay status {tx.status!r}")
     onramp = _locked_onramp(tx)
+    bind_contextvars(user_id=str(onramp.user_id))  # until this event is done (see _process_locked)
     if tx.external_customer_id is not None and tx.external_customer_id != str(onramp.user_id):
         raise ProcessingError("externalCustomerId does not match the on-ramp transaction's user")
     if onramp.moonpay_transaction_id is not None and onramp.moonpay_transaction_id != tx.id:

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from sqlalchemy import bindparam
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -19,7 +20,6 @@ from wallet_api.extensions import db
 from wallet_api.onramp import moonpay
 from wallet_api.onramp.drain_queue import request_drain
 from wallet_api.onramp.models import EventStatus, WebhookEvent
-
 
 
 class WebhookBodyError(ValueError):
@@ -123,6 +123,9 @@ def receive_moonpay_webhook(*, parsed: ParsedWebhook, now: dt.datetime | None = 
     }).scalar_one_or_none()
     drain = request_drain() if inserted is not None else None
     db.session.commit()
+    structlog.contextvars.bind_contextvars(external_id=parsed.transaction.id)
     if drain is None:
         return ReceiveResult(event_id=None, duplicate=True, enqueued=False)
+    # The request's line names the event, and so do the lines applying it: one id joins them.
+    structlog.contextvars.bind_contextvars(provider_event_id=str(inserted))
     return ReceiveResult(event_id=inserted, duplicate=False, enqueued=bool(drain.ok))

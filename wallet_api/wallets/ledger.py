@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import time
 import uuid
@@ -78,11 +79,13 @@ from flask import current_app
 from sqlalchemy import bindparam, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
+from structlog.contextvars import bound_contextvars
 
-from wallet_api import metrics
+from wallet_api import audit, metrics
 from wallet_api.database import lost_before_commit
 from wallet_api.errors import ApiError, Conflict, NotFound, ServiceUnavailable, Unprocessable, field_error
 from wallet_api.extensions import db
+from wallet_api.queues import after_commit
 from wallet_api.wallets import amounts
 from wallet_api.wallets.models import SystemAccount, Wallet
 from wallet_api.wallets.system_wallets import ensure_system_wallets
@@ -255,7 +258,13 @@ def _post(move: _Movement, *, commit: bool) -> LedgerResult:
     try:
         _check_arguments(move)
         session = db.session()  # the Session itself, not the scoped proxy: one registry lookup per call
-        result = _run_owned(session, move) if commit else _run_nested(session, move)
+        with _log_context(move):
+            result = _run_owned(session, move) if commit else _run_nested(session, move)
+        if not result.replayed:
+            if commit:
+                _audit(move, result)
+            else:  # written only if the caller's transaction commits
+                after_commit(functools.partial(_audit, move, result))
         return result
     except ApiError as exc:
         error = exc.error
@@ -266,6 +275,21 @@ def _post(move: _Movement, *, commit: bool) -> LedgerResult:
             amount=move.amount if isinstance(move.amount, Decimal) else None,
             currency=result.currency if result else None,
             duration_s=time.perf_counter() - started, replayed=bool(result and result.replayed), error=error)
+
+
+def _log_context(move: _Movement):
+    """The wallet ids on this operation's log lines (the caller's own context comes back afterwards)."""
+    wallet_id, _action = move.primary
+    if move.operation == "transfer":
+        return bound_contextvars(wallet_id=str(wallet_id), to_wallet_id=str(move.credit_wallet_id))
+    return bound_contextvars(wallet_id=str(wallet_id))
+
+
+def _audit(move: _Movement, result: LedgerResult) -> None:
+    audit.money_moved(operation=move.operation, transaction_id=result.transaction_id, kind=result.kind,
+                      amount=result.amount, currency=result.currency, from_wallet_id=move.debit_wallet_id,
+                      to_wallet_id=move.credit_wallet_id, counter_account=move.counter_account,
+                      actor=move.initiated_by, reference=result.reference)
 
 
 def _check_arguments(move: _Movement) -> None:
@@ -635,6 +659,10 @@ def rewrite_cached_balance(*, wallet_id: uuid.UUID, corrected_by: str, reason: s
         session.rollback()
         raise
     _expire_cached_wallets(session, {wallet_id: None})
+    audit.admin_action(admin_id=None, action="rewrite_cached_balance", target=str(wallet_id),
+                       outcome="corrected" if correction_id else "unchanged", corrected_by=corrected_by,
+                       before=str(wallet.balance), after=str(total),
+                       correction_id=str(correction_id) if correction_id else None)
     log.warning("cached_balance_rewritten", wallet_id=str(wallet_id), before=str(wallet.balance), after=str(total),
                 corrected_by=corrected_by, correction_id=str(correction_id) if correction_id else None)
     return BalanceRewrite(wallet_id=wallet_id, currency=wallet.currency, before=wallet.balance, after=total,

@@ -33,6 +33,7 @@ from wallet_api.auth.models import Role
 from wallet_api.errors import ApiError, NotFound
 from wallet_api.jobs import catalog
 from wallet_api.jobs import service as jobs
+from wallet_api.logging import bind_user
 from wallet_api.onramp import dead_letters
 from wallet_api.onramp.models import DlqResolution
 from wallet_api.pagination import PageQuerySchema
@@ -73,6 +74,7 @@ def _let_in():
             return redirect(url_for("console.login_form", next=target), 303)
         if access is not None:
             access.actor_id, access.actor_role = user.id, user.role
+        bind_user(user.id)
         if user.role != Role.ADMIN.value:
             operator_session.sign_out()
             return render_template("console/forbidden.html"), 403
