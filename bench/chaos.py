@@ -521,9 +521,11 @@ def webhook_body(event: Event, variant: int) -> bytes:
 
 
 class Platform:
-    """The Procfile's processes, on the scratch database and the private Redis."""
+    """The Procfile's processes, on the scratch database and the private Redis. `settings` go on top of
+    the run's environment (another APP_ENV, raised rate limits)."""
 
-    def __init__(self, options: Options, processes: Processes, database: ScratchDatabase, redis: PrivateRedis):
+    def __init__(self, options: Options, processes: Processes, database: ScratchDatabase, redis: PrivateRedis,
+                 settings: dict[str, str] | None = None):
         self.options, self.processes, self.database, self.redis = options, processes, database, redis
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -554,6 +556,7 @@ class Platform:
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
         }
+        self.env.update(settings or {})
         self.web_env = {**self.env, "DB_POOL_SIZE": "4", "DB_MAX_OVERFLOW": "0"}
 
     def release(self) -> None:
