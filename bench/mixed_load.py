@@ -78,6 +78,8 @@ GOAL_MS = 50.0                       # p99 of reads and transfers at half the sa
 GOAL_CREDIT_S = 1.0                  # p99 webhook-to-credit at half the pool's capacity
 WARMUP = 2.0
 WEBHOOK_SENDERS = 8
+IDLE_SECONDS = 3.0                   # under gunicorn's keepalive
+BASELINE_SECONDS = 5
 
 
 def say(message: str) -> None:
@@ -159,9 +161,15 @@ class Connection:
     def __init__(self, port: int):
         self.port = port
         self.http: http.client.HTTPConnection | None = None
+        self.used = 0.0
 
     def send(self, method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, bytes]:
         """(status, body); status 0 when the connection failed."""
+        # gunicorn closes a connection idle for its keepalive (5 s); a request sent on it as it closes
+        # would fail. A router opens a new one instead, and so does this client.
+        if self.http is not None and time.monotonic() - self.used > IDLE_SECONDS:
+            self.close()
+        self.used = time.monotonic()
         try:
             if self.http is None:
                 self.http = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
@@ -555,10 +563,10 @@ def check(database: chaos.ScratchDatabase, completed: list[str], transfers_acked
                                    "GROUP BY status"):
         v.append(f"{n} webhook events {status}")
     ((drifted,),) = database.rows(
-        "SELECT count(*) FROM wallets w WHERE balance <> "
+        "SELECT count(*) FROM wallets w WHERE user_id IS NOT NULL AND balance <> "
         "(SELECT coalesce(sum(amount), 0) FROM ledger_entries e WHERE e.wallet_id = w.id)")
-    if drifted:
-        v.append(f"{drifted} wallets whose cached balance is not the sum of their entries")
+    if drifted:  # a system wallet has no cached balance: its entries are its balance
+        v.append(f"{drifted} user wallets whose cached balance is not the sum of their entries")
     ((unbalanced,),) = database.rows(
         "SELECT count(*) FROM (SELECT t.id FROM ledger_transactions t LEFT JOIN ledger_entries e "
         "ON e.transaction_id = t.id GROUP BY t.id HAVING count(e.id) < 2 OR coalesce(sum(e.amount), 1) <> 0 "
@@ -597,6 +605,7 @@ class Report:
     finished: bool = False
     database: str = ""
     log_dir: str | None = None
+    sessions: set = field(default_factory=set)  # the sessions of every process the run started
 
     @property
     def ok(self) -> bool:
@@ -617,6 +626,7 @@ def run(options: Options) -> Report:
     processes = chaos.Processes(token, log_dir)
     database = redis = None
     secret = secrets.token_urlsafe(32)
+    tell = say if options.verbose else (lambda _message: None)
     shape = (f"gunicorn {options.web_concurrency} x 4 threads, {options.workers} worker dyno(s) x "
              f"{options.worker_processes} processes, scheduler, private Redis, scratch database; APP_ENV=production")
     report = Report(started_at=f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
@@ -626,7 +636,7 @@ def run(options: Options) -> Report:
     try:
         name = f"wallet_load_{os.getpid()}_{token[:6]}"
         report.database = name
-        say(f"scratch database {name}, private Redis, logs in {log_dir}")
+        tell(f"scratch database {name}, private Redis, logs in {log_dir}")
         database = chaos.ScratchDatabase(options.pg_admin_url, name)
         (log_dir / "redis").mkdir(exist_ok=True)
         redis = chaos.PrivateRedis(processes, log_dir / "redis")
@@ -634,21 +644,21 @@ def run(options: Options) -> Report:
         platform = chaos.Platform(chaos_options(options), processes, database, redis,
                                   settings=platform_settings(secret, log_dir / "prometheus"))
         platform.release()
-        say(f"starting {shape}")
+        tell(f"starting {shape}")
         platform.start()
         port = platform.port
-        say(f"{options.users} users, their ETH and BTC wallets, {options.funding} purchases to fund them")
+        tell(f"{options.users} users, their ETH and BTC wallets, {options.funding} purchases to fund them")
         users = create_users(port, options.users, token[:8])
         funding = create_sessions(port, users, options.funding, rng)
-        say("funding burst (measures the worker pool) ...")
+        tell("funding burst (measures the worker pool) ...")
         completed, capacity = fund(port, secret, funding, database, options.drain_timeout)
         report.worker_capacity_measured = options.worker_capacity is None
         report.worker_capacity = capacity if options.worker_capacity is None else options.worker_capacity
-        say(f"  the pool credited {len(completed)} purchases at {capacity:.1f}/s")
+        tell(f"  the pool credited {len(completed)} purchases at {capacity:.1f}/s")
         webhook_rate = options.webhook_rate or report.worker_capacity * options.load_factor
         if options.baseline is not None:
-            say(f"pgbench baseline, {options.baseline_clients} clients ...")
-            report.baseline_tps = run_baseline(options.baseline, options.baseline_clients, 5)
+            tell(f"pgbench baseline, {options.baseline_clients} clients ...")
+            report.baseline_tps = run_baseline(options.baseline, options.baseline_clients, BASELINE_SECONDS)
         phases = []
         if options.rate is None:
             phases.append(Phase("saturation", options.saturation_seconds, clients=options.saturation_clients,
@@ -656,13 +666,13 @@ def run(options: Options) -> Report:
         phases.append(Phase("measured", options.seconds, rate=options.rate, webhook_rate=webhook_rate))
         # Purchases for the webhooks beyond what the mix itself starts (a tenth of its sessions, roughly).
         needed = math.ceil(webhook_rate * sum(p.seconds + WARMUP for p in phases) * 1.2) + 20
-        say(f"{needed} more purchases for the webhooks of the runs ...")
+        tell(f"{needed} more purchases for the webhooks of the runs ...")
         backlog = create_sessions(port, users, needed, rng)
         transfers_acked = transfers_unknown = 0
         for serial, phase in enumerate(phases, start=1):
             if phase.name == "measured" and phase.rate is None:
                 phase.rate = report.phases[-1].throughput * options.load_factor
-            say(f"{phase.name}: " + (f"closed loop, {phase.clients} connections" if phase.rate is None
+            tell(f"{phase.name}: " + (f"closed loop, {phase.clients} connections" if phase.rate is None
                                      else f"open loop at {phase.rate:.0f} requests/s")
                 + f", webhooks at {phase.webhook_rate:.1f}/s, {phase.seconds:g} s ...")
             result, sent, used, (acked, unanswered) = drive(port, phase, users, options, secret, backlog, serial)
@@ -670,8 +680,8 @@ def run(options: Options) -> Report:
             completed += sent
             report.phases.append(result)
             transfers_acked, transfers_unknown = transfers_acked + acked, transfers_unknown + unanswered
-            say(f"  {result.throughput:.0f} requests/s, {result.load}")
-        say("waiting for the last credits ...")
+            tell(f"  {result.throughput:.0f} requests/s, {result.load}")
+        tell("waiting for the last credits ...")
         report.finished = wait_for_credits(database, completed, options.drain_timeout)
         for result in report.phases:
             result.credit_latency = credit_latency(database, result.webhooks)
@@ -682,6 +692,7 @@ def run(options: Options) -> Report:
         return report
     finally:
         processes.stop_all()
+        report.sessions = processes.sessions
         if redis is not None:
             redis.kill()
         if database is not None and not options.keep:
@@ -756,6 +767,7 @@ def _num(value, places: int) -> str:
 
 def as_json(report: Report) -> dict:
     data = asdict(report)
+    data.pop("sessions")
     for phase in data["phases"]:
         phase["webhooks"] = len(phase["webhooks"])
 
