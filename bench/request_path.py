@@ -13,7 +13,9 @@ What it does, bounded in time and count, on loopback only:
 2. Starts the app with `bin/start-web`, exactly as the Procfile does (gunicorn.conf.py; the
    environment's WEB_CONCURRENCY / GUNICORN_THREADS / DB_POOL_SIZE if set, else as shipped) in
    production mode: JSON logs at INFO (written to a scratch file), the webhook IP allowlist on,
-   Prometheus multiprocess metrics, RATELIMIT_ENABLED=false.
+   Prometheus multiprocess metrics, RATELIMIT_ENABLED=false, fresh random secrets; behind a pretend
+   router (TRUSTED_PROXY_COUNT=1, every request with X-Forwarded-Proto: https and X-Forwarded-For),
+   since production serves HTTPS only; DATABASE_TLS_REQUIRED=false for the loopback server.
 3. For each round and client count: runs the baseline `run-pgbench CLIENTS SECONDS` (the bare
    5-statement credit transaction; the denominator of every ratio), then each scenario with that
    many client *processes*, each one keep-alive HTTP/1.1 connection (http.client, TCP_NODELAY),
@@ -43,6 +45,7 @@ import http.client
 import json
 import multiprocessing
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -62,8 +65,12 @@ sys.path.insert(0, str(ROOT))
 VENV_BIN = Path(sys.executable).parent
 SCENARIOS = ("transfer", "transfer_key", "wallets", "ledger", "webhook")
 DEFAULT_BASELINE = ROOT.parent / "shared" / "baseline" / "run-pgbench"
-WEBHOOK_SECRET = "wk_bench_http_webhook_secret"
-JWT_SECRET = "bench-http-jwt-secret-0123456789abcdef-0123456789"
+# Production refuses secrets that look like placeholders: fresh ones per run (forked clients inherit them).
+WEBHOOK_SECRET = secrets.token_urlsafe(32)
+JWT_SECRET = secrets.token_urlsafe(48)
+# Production serves HTTPS only, behind a router: the clients speak as that router would (the app trusts
+# one proxy hop), and gunicorn takes the scheme from X-Forwarded-Proto (forwarded_allow_ips).
+PROXY_HEADERS = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "127.0.0.1"}
 SEED_ENTRIES = 40
 WARMUP_SECONDS = 1.0
 TICK = os.sysconf("SC_CLK_TCK")
@@ -87,8 +94,9 @@ def app_environment(database_url: str, redis_url: str, port: int, metrics_dir: s
     env = dict(os.environ)
     env.update({
         "APP_ENV": app_env, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-        "JWT_SECRET": JWT_SECRET, "JWT_REFRESH_SECRET": "bench-http-refresh-secret-0123456789abcdef-012",
-        "MOONPAY_WEBHOOK_SECRET": WEBHOOK_SECRET, "MOONPAY_SECRET_KEY": "sk_bench_http",
+        "JWT_SECRET": JWT_SECRET, "JWT_REFRESH_SECRET": secrets.token_urlsafe(48),
+        "MOONPAY_WEBHOOK_SECRET": WEBHOOK_SECRET, "MOONPAY_SECRET_KEY": "sk_" + secrets.token_urlsafe(24),
+        "TRUSTED_PROXY_COUNT": "1", "DATABASE_TLS_REQUIRED": "false",  # loopback: no TLS on the scratch server
         "CORS_ALLOWED_ORIGINS": "https://app.bench.invalid", "WEBHOOK_ALLOWED_IPS": "127.0.0.1",
         "RATELIMIT_ENABLED": "false", "PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
         # Tokens are minted once, before the runs, which may outlast the usual 15 minutes.
@@ -279,7 +287,7 @@ def client_main(port: int, scenario: str, slot: Slot, measure_from: float, until
         method, path, body, headers, expected = next_request()
         t0 = time.perf_counter()
         try:
-            connection.request(method, path, body=body, headers=headers)
+            connection.request(method, path, body=body, headers={**PROXY_HEADERS, **headers})
             response = connection.getresponse()
             response.read()
             status = response.status
