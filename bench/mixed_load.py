@@ -231,7 +231,7 @@ def create_sessions(port: int, users: list[User], count: int, rng: random.Random
         return made["id"], user.id
 
     local = threading.local()
-    with ThreadPoolExecutor(4) as pool:
+    with ThreadPoolExecutor(8) as pool:  # gunicorn's 2 x 4 threads
         return list(pool.map(start, owners))
 
 
