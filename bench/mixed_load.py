@@ -63,7 +63,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import chaos  # noqa: E402 - after the path set-up, like the other benchmarks
-from bench.request_path import DEFAULT_BASELINE, cpu_pressure, run_baseline  # noqa: E402
+from bench.request_path import DEFAULT_BASELINE, TICK, cpu_pressure, run_baseline, server_cpu_seconds  # noqa: E402
 from bench.webhooks import webhook as completed_webhook  # noqa: E402
 from wallet_api.onramp.signature import sign_webhook  # noqa: E402
 
@@ -418,6 +418,7 @@ class PhaseResult:
     webhook_starved: int = 0
     credit_latency: dict | None = None                   # seconds: p50, p95, p99, max, count
     load: str = ""
+    cpu: dict = field(default_factory=dict)              # cores used on average: see cpu_share
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -425,10 +426,35 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def drive(port: int, phase: Phase, users: list[User], options: Options, secret: str, backlog: list,
-          serial: int) -> tuple[PhaseResult, list[str], int, tuple[int, int]]:
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (every core, every process), from /proc/stat."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def cpu_snapshot(platform: chaos.Platform) -> dict[str, float]:
+    """CPU seconds so far: the machine, gunicorn, the worker dynos, this process's reaped children (the
+    load generator's processes once joined)."""
+    children = os.times()
+    return {"machine": machine_busy_seconds(), "web": server_cpu_seconds(platform.web.pid),
+            "workers": sum(server_cpu_seconds(dyno.pid) for dyno in platform.dynos if dyno is not None),
+            "clients": children.children_user + children.children_system, "wall": time.monotonic()}
+
+
+def cpu_share(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Cores used on average between two snapshots, by whom; `rest` is PostgreSQL and everyone else's work."""
+    wall = after["wall"] - before["wall"]
+    used = {k: (after[k] - before[k]) / wall for k in ("machine", "web", "workers", "clients")}
+    used["rest"] = used["machine"] - used["web"] - used["workers"] - used["clients"]
+    return used
+
+
+def drive(platform: chaos.Platform, phase: Phase, users: list[User], options: Options, secret: str,
+          backlog: list, serial: int) -> tuple[PhaseResult, list[str], int, tuple[int, int]]:
     """Run one phase; returns its result, every MoonPay id delivered, how many of `backlog` it used and
     the transfers of the whole phase (answered 201, not answered)."""
+    port = platform.port
     context = multiprocessing.get_context("fork")
     out, sessions = context.Queue(), context.Queue()
     measure_from = time.time() + 1.0 + WARMUP    # a second to start the processes
@@ -446,11 +472,13 @@ def drive(port: int, phase: Phase, users: list[User], options: Options, secret: 
         hooks = context.Process(target=webhook_main, args=(port, phase.webhook_rate, secret, backlog, sessions,
                                                            measure_from, until, serial * 1_000_000, out))
         processes.append(hooks)
+    cpu_before = cpu_snapshot(platform)
     for process in processes:
         process.start()
     collected = [out.get(timeout=phase.seconds + WARMUP + 180) for _ in processes]
     for process in processes:
         process.join(timeout=30)
+    cpu = cpu_share(cpu_before, cpu_snapshot(platform))
     rows: list[tuple[str, float, int]] = []
     sent, used, starved, acked, unanswered = [], 0, 0, 0, 0
     for item in collected:
@@ -464,7 +492,7 @@ def drive(port: int, phase: Phase, users: list[User], options: Options, secret: 
     result = PhaseResult(name=phase.name, mode="closed" if phase.rate is None else "open", seconds=phase.seconds,
                          offered_rate=phase.rate, webhook_rate=phase.webhook_rate, webhook_starved=starved,
                          webhooks=[moonpay_id for moonpay_id, measured in sent if measured],
-                         load=f"load average {os.getloadavg()[0]:.1f}{cpu_pressure()}")
+                         load=f"load average {os.getloadavg()[0]:.1f}{cpu_pressure()}", cpu=cpu)
     by_kind: dict[str, list] = {}
     for kind, latency, status in rows:
         by_kind.setdefault(kind, []).append((latency, status))
@@ -675,7 +703,7 @@ def run(options: Options) -> Report:
             tell(f"{phase.name}: " + (f"closed loop, {phase.clients} connections" if phase.rate is None
                                      else f"open loop at {phase.rate:.0f} requests/s")
                 + f", webhooks at {phase.webhook_rate:.1f}/s, {phase.seconds:g} s ...")
-            result, sent, used, (acked, unanswered) = drive(port, phase, users, options, secret, backlog, serial)
+            result, sent, used, (acked, unanswered) = drive(platform, phase, users, options, secret, backlog, serial)
             backlog = backlog[used:]
             completed += sent
             report.phases.append(result)
@@ -746,6 +774,12 @@ def render(report: Report) -> str:
         if lag:
             lines.append(f"\nwebhook -> credit, {lag['count']} purchases: p50 {lag['p50']:.3f} s, "
                          f"p95 {lag['p95']:.3f} s, p99 {lag['p99']:.3f} s, max {lag['max']:.3f} s")
+        c = phase.cpu
+        if c:
+            requests = phase.throughput + phase.endpoints.get("webhook", Stats(0, 0, 0, 0, 0, 0, {})).rate
+            lines.append(f"CPU, cores of {os.cpu_count()}: machine {c['machine']:.2f} = gunicorn {c['web']:.2f} "
+                         f"({1000 * c['web'] / max(requests, 1e-9):.1f} ms per request) + workers {c['workers']:.2f} "
+                         f"+ load generator {c['clients']:.2f} + PostgreSQL and everything else {c['rest']:.2f}")
         if phase.webhook_starved:
             lines.append(f"({phase.webhook_starved} webhook arrivals found no purchase to complete)")
     g = report.goals

@@ -4,6 +4,8 @@ users reading wallets and ledger pages, transferring and starting purchases, fir
 finds the saturation, then in an open loop at half of it, while MoonPay's completed webhooks arrive and
 are credited. Every request is answered as it should be, the money adds up, and nothing of the run is
 left behind. Timings are printed by the script, never asserted here."""
+import json
+
 import pytest
 
 from bench import mixed_load
@@ -34,6 +36,8 @@ def test_a_short_mixed_load_answers_every_request_and_credits_every_purchase_onc
     assert report.worker_capacity > 0 and set(report.goals) == {"reads_and_transfers_p99_ms",
                                                                  "webhook_to_credit_p99_s"}, summary
     assert "webhook -> credit" in summary and "p99" in summary
+    written = json.loads(json.dumps(mixed_load.as_json(report)))
+    assert written["phases"][1]["endpoints"]["transfer"]["p99"] > 0 and written["violations"] == []
 
     # Nothing of the run is left: no process in a session it started, its database is gone.
     assert report.sessions and processes_in_sessions(report.sessions) == []
