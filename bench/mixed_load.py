@@ -37,6 +37,7 @@ load; --json PATH writes all of it. Exit status 1 on any violated invariant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import http.client
 import json
@@ -63,7 +64,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import chaos  # noqa: E402 - after the path set-up, like the other benchmarks
-from bench.request_path import DEFAULT_BASELINE, TICK, cpu_pressure, run_baseline, server_cpu_seconds  # noqa: E402
+from bench.request_path import (DEFAULT_BASELINE, TICK, _stat as proc_stat, cpu_pressure,  # noqa: E402
+                                run_baseline, server_cpu_seconds)
 from bench.webhooks import webhook as completed_webhook  # noqa: E402
 from wallet_api.onramp.signature import sign_webhook  # noqa: E402
 
@@ -433,20 +435,32 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / TICK
 
 
-def cpu_snapshot(platform: chaos.Platform) -> dict[str, float]:
+def backend_seconds(database: chaos.ScratchDatabase) -> dict[int, float]:
+    """CPU seconds of each live PostgreSQL backend connected to the scratch database (same host)."""
+    found = {}
+    for (pid,) in database.rows("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            found[pid] = sum(int(v) for v in proc_stat(pid)[11:13]) / TICK
+    return found
+
+
+def cpu_snapshot(platform: chaos.Platform) -> dict:
     """CPU seconds so far: the machine, gunicorn, the worker dynos, this process's reaped children (the
-    load generator's processes once joined)."""
+    load generator's processes once joined), the scratch database's backends."""
     children = os.times()
     return {"machine": machine_busy_seconds(), "web": server_cpu_seconds(platform.web.pid),
             "workers": sum(server_cpu_seconds(dyno.pid) for dyno in platform.dynos if dyno is not None),
-            "clients": children.children_user + children.children_system, "wall": time.monotonic()}
+            "clients": children.children_user + children.children_system,
+            "backends": backend_seconds(platform.database), "wall": time.monotonic()}
 
 
-def cpu_share(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Cores used on average between two snapshots, by whom; `rest` is PostgreSQL and everyone else's work."""
+def cpu_share(before: dict, after: dict) -> dict[str, float]:
+    """Cores used on average between two snapshots, by whom. `postgres` counts the backends alive at the
+    end (one that exited meanwhile is missed); `rest` is everything else on the machine."""
     wall = after["wall"] - before["wall"]
     used = {k: (after[k] - before[k]) / wall for k in ("machine", "web", "workers", "clients")}
-    used["rest"] = used["machine"] - used["web"] - used["workers"] - used["clients"]
+    used["postgres"] = sum(t - before["backends"].get(pid, 0.0) for pid, t in after["backends"].items()) / wall
+    used["rest"] = used["machine"] - used["web"] - used["workers"] - used["clients"] - used["postgres"]
     return used
 
 
@@ -779,7 +793,8 @@ def render(report: Report) -> str:
             requests = phase.throughput + phase.endpoints.get("webhook", Stats(0, 0, 0, 0, 0, 0, {})).rate
             lines.append(f"CPU, cores of {os.cpu_count()}: machine {c['machine']:.2f} = gunicorn {c['web']:.2f} "
                          f"({1000 * c['web'] / max(requests, 1e-9):.1f} ms per request) + workers {c['workers']:.2f} "
-                         f"+ load generator {c['clients']:.2f} + PostgreSQL and everything else {c['rest']:.2f}")
+                         f"+ load generator {c['clients']:.2f} + PostgreSQL (the scratch database) "
+                         f"{c['postgres']:.2f} + the rest of the machine {c['rest']:.2f}")
         if phase.webhook_starved:
             lines.append(f"({phase.webhook_starved} webhook arrivals found no purchase to complete)")
     g = report.goals
