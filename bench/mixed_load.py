@@ -195,9 +195,9 @@ def proxied(address: str) -> dict[str, str]:
     return {"X-Forwarded-Proto": "https", "X-Forwarded-For": address}
 
 
-def call(connection: Connection, method: str, path: str, expect: int, user: User | None = None, **body) -> dict:
-    headers = {**proxied(user.address if user else "10.255.0.1"), "Content-Type": "application/json"}
-    if user is not None and user.token:
+def call(connection: Connection, method: str, path: str, expect: int, user: User, **body) -> dict:
+    headers = {**proxied(user.address), "Content-Type": "application/json"}
+    if user.token:
         headers["Authorization"] = f"Bearer {user.token}"
     status, raw = connection.send(method, path, json.dumps(body).encode() if body else None, headers)
     if status != expect:
@@ -206,7 +206,7 @@ def call(connection: Connection, method: str, path: str, expect: int, user: User
 
 
 def create_users(port: int, count: int, tag: str) -> list[User]:
-    users = [User(email=f"load-{tag}-{n}@example.com", address=f"10.{n // 250}.{n % 250}.{7}") for n in range(count)]
+    users = [User(email=f"load-{tag}-{n}@example.com", address=f"10.{n // 250}.{n % 250}.7") for n in range(count)]
 
     def make(user: User) -> None:
         connection = Connection(port)
@@ -225,6 +225,7 @@ def create_users(port: int, count: int, tag: str) -> list[User]:
 def create_sessions(port: int, users: list[User], count: int, rng: random.Random) -> list[tuple[str, str]]:
     """`count` ETH purchases started through the API: (on-ramp id, user id)."""
     owners = [rng.choice(users) for _ in range(count)]
+    local = threading.local()
 
     def start(user: User) -> tuple[str, str]:
         connection = local.__dict__.setdefault("connection", Connection(port))
@@ -232,7 +233,6 @@ def create_sessions(port: int, users: list[User], count: int, rng: random.Random
                     base_amount=BASE_AMOUNT)
         return made["id"], user.id
 
-    local = threading.local()
     with ThreadPoolExecutor(8) as pool:  # gunicorn's 2 x 4 threads
         return list(pool.map(start, owners))
 
