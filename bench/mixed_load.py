@@ -309,32 +309,47 @@ def client_main(port: int, phase: Phase, share: float, users: list[User], mix: d
             one(connection, rng.choices(kinds, weights)[0], rng.choice(users), now)
         connection.close()
 
+    if phase.rate is None:
+        pool = [threading.Thread(target=closed, daemon=True) for _ in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join(timeout=60)
+    else:
+        open_loop(port, phase.rate * share, measure_from - WARMUP, until, threads,
+                  lambda: (rng.choices(kinds, weights)[0], rng.choice(users)),
+                  lambda connection, scheduled, item: one(connection, *item, scheduled))
+    out.put(("clients", results, transfers[201], transfers[0]))
+
+
+def open_loop(port: int, rate: float, start: float, until: float, threads: int, arrival, handle) -> None:
+    """Arrivals at fixed times from `start` to `until`, whatever the server does (a late answer is late,
+    never a request not sent): `arrival()` makes each one (None: nothing to send), and one of `threads`
+    threads, each with its own connection, runs `handle(connection, scheduled time, item)`. Returns once
+    every arrival is handled."""
     work: queue.SimpleQueue = queue.SimpleQueue()
 
     def serve() -> None:
         connection = Connection(port)
-        while (item := work.get()) is not None:
-            one(connection, *item)
+        while (job := work.get()) is not None:
+            handle(connection, *job)
         connection.close()
 
-    pool = [threading.Thread(target=closed if phase.rate is None else serve, daemon=True) for _ in range(threads)]
+    pool = [threading.Thread(target=serve, daemon=True) for _ in range(threads)]
     for thread in pool:
         thread.start()
-    if phase.rate is not None:
-        # Arrivals at fixed times, whatever the server does: a late answer is late, never a request not sent.
-        interval, n = 1.0 / (phase.rate * share), 0
-        start = measure_from - WARMUP
-        while (scheduled := start + n * interval) < until:
-            delay = scheduled - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            work.put((rng.choices(kinds, weights)[0], rng.choice(users), scheduled))
-            n += 1
-        for _ in pool:
-            work.put(None)
+    n = 0
+    while (scheduled := start + n / rate) < until:
+        delay = scheduled - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        n += 1
+        if (item := arrival()) is not None:
+            work.put((scheduled, item))
+    for _ in pool:
+        work.put(None)
     for thread in pool:
         thread.join(timeout=60)
-    out.put(("clients", results, transfers[201], transfers[0]))
 
 
 def webhook_main(port: int, rate: float, secret: str, backlog: list, sessions, measure_from: float, until: float,
@@ -344,56 +359,41 @@ def webhook_main(port: int, rate: float, secret: str, backlog: list, sessions, m
     (the latency and status are the first attempt's). Sends the MoonPay ids delivered, each with whether
     it was in the measured window, the latencies, how many of `backlog` it used and how many arrivals
     found no purchase to complete."""
-    work: queue.SimpleQueue = queue.SimpleQueue()
     sent: list[tuple[str, bool]] = []
     results: list[tuple[str, float, int]] = []
     lock = threading.Lock()
-    used = 0
+    counts = Counter()
 
-    def serve() -> None:
-        connection = Connection(port)
-        while (item := work.get()) is not None:
-            scheduled, onramp_id, user_id, n = item
-            moonpay_id, body, headers = webhook_request(secret, onramp_id, user_id, n)
-            status, _ = connection.send("POST", "/webhooks/moonpay", body, headers)
-            latency = (time.time() - scheduled) * 1000
-            with lock:
-                if scheduled >= measure_from:
-                    results.append(("webhook", latency, status))
-            retry = 0
-            while status != 200 and retry < 20:
-                time.sleep(0.25)
-                retry += 1
-                _, body, headers = webhook_request(secret, onramp_id, user_id, n)
-                status, _ = connection.send("POST", "/webhooks/moonpay", body, headers)
-            if status == 200:
-                with lock:
-                    sent.append((moonpay_id, scheduled >= measure_from))
-        connection.close()
-
-    pool = [threading.Thread(target=serve, daemon=True) for _ in range(WEBHOOK_SENDERS)]
-    for thread in pool:
-        thread.start()
-    interval, n, start, starved = 1.0 / rate, 0, measure_from - WARMUP, 0
-    while (scheduled := start + n * interval) < until:
-        delay = scheduled - time.time()
-        if delay > 0:
-            time.sleep(delay)
-        n += 1
+    def arrival() -> tuple[str, str, int] | None:
+        counts["arrivals"] += 1
         try:
             onramp_id, user_id = sessions.get_nowait()
         except queue.Empty:
-            if used >= len(backlog):
-                starved += 1
-                continue
-            onramp_id, user_id = backlog[used]
-            used += 1
-        work.put((scheduled, onramp_id, user_id, first + n))
-    for _ in pool:
-        work.put(None)
-    for thread in pool:
-        thread.join(timeout=60)
-    out.put(("webhooks", sent, results, used, starved))
+            if counts["used"] >= len(backlog):
+                counts["starved"] += 1
+                return None
+            onramp_id, user_id = backlog[counts["used"]]
+            counts["used"] += 1
+        return onramp_id, user_id, first + counts["arrivals"]
+
+    def deliver(connection: Connection, scheduled: float, purchase: tuple[str, str, int]) -> None:
+        moonpay_id, body, headers = webhook_request(secret, *purchase)
+        status, _ = connection.send("POST", "/webhooks/moonpay", body, headers)
+        if scheduled >= measure_from:
+            with lock:
+                results.append(("webhook", (time.time() - scheduled) * 1000, status))
+        attempts = 1
+        while status != 200 and attempts < 20:
+            time.sleep(0.25)
+            _, body, headers = webhook_request(secret, *purchase)  # signed afresh
+            status, _ = connection.send("POST", "/webhooks/moonpay", body, headers)
+            attempts += 1
+        if status == 200:
+            with lock:
+                sent.append((moonpay_id, scheduled >= measure_from))
+
+    open_loop(port, rate, measure_from - WARMUP, until, WEBHOOK_SENDERS, arrival, deliver)
+    out.put(("webhooks", sent, results, counts["used"], counts["starved"]))
 
 
 @dataclass
