@@ -1013,6 +1013,18 @@ def send_canary(platform: Platform, plan: Plan, timeout: float) -> float | None:
     return None
 
 
+# Ledger transactions with fewer than two entries, more than one currency, or not summing to zero.
+UNBALANCED_TRANSACTIONS = (
+    "SELECT count(*) FROM (SELECT t.id FROM ledger_transactions t LEFT JOIN ledger_entries e "
+    "ON e.transaction_id = t.id GROUP BY t.id HAVING count(e.id) < 2 OR coalesce(sum(e.amount), 1) <> 0 "
+    "OR bool_or(e.currency <> t.currency)) bad")
+# User wallets' entries whose balance_after is not the running sum of the wallet's entries.
+BROKEN_BALANCE_CHAINS = (
+    "SELECT count(*) FROM (SELECT e.balance_after, sum(e.amount) OVER (PARTITION BY e.wallet_id ORDER BY e.id) "
+    "AS running FROM ledger_entries e JOIN wallets w ON w.id = e.wallet_id WHERE w.user_id IS NOT NULL) c "
+    "WHERE balance_after IS DISTINCT FROM running")
+
+
 def check(report: Report, platform: Platform) -> None:
     """Every promise, in SQL; each broken one is a line in report.violations."""
     db, plan, v = platform.database, report.plan, report.violations
@@ -1063,16 +1075,10 @@ def check(report: Report, platform: Platform) -> None:
             v.append(f"wallet {wallet}: holds {entries}, its purchases add up to {expected_balance.get(wallet, 0)}")
         if cached < 0:
             v.append(f"wallet {wallet}: negative balance {cached}")
-    ((unbalanced,),) = db.rows(
-        "SELECT count(*) FROM (SELECT t.id FROM ledger_transactions t LEFT JOIN ledger_entries e "
-        "ON e.transaction_id = t.id GROUP BY t.id HAVING count(e.id) < 2 OR coalesce(sum(e.amount), 1) <> 0 "
-        "OR bool_or(e.currency <> t.currency)) bad")
+    ((unbalanced,),) = db.rows(UNBALANCED_TRANSACTIONS)
     if unbalanced:
         v.append(f"{unbalanced} ledger transactions do not sum to zero")
-    ((broken,),) = db.rows(
-        "SELECT count(*) FROM (SELECT e.balance_after, sum(e.amount) OVER (PARTITION BY e.wallet_id ORDER BY e.id) "
-        "AS running FROM ledger_entries e JOIN wallets w ON w.id = e.wallet_id WHERE w.user_id IS NOT NULL) c "
-        "WHERE balance_after IS DISTINCT FROM running")
+    ((broken,),) = db.rows(BROKEN_BALANCE_CHAINS)
     if broken:
         v.append(f"{broken} ledger entries break their wallet's balance_after chain")
 
