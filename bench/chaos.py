@@ -1311,7 +1311,7 @@ def render(report: Report) -> str:
         f"{stats.duplicates} / {sum(stats.errors.values())} |",
         f"| webhook answer time p50 / p99 / max, s (MoonPay wants < 5) | {_quantile(stats.answer_seconds, 0.5):.3f} / "
         f"{_quantile(stats.answer_seconds, 0.99):.3f} / {max(stats.answer_seconds, default=0):.3f} |",
-        f"| what failed the retried attempts | "
+        "| what failed the retried attempts | "
         + (", ".join(f"{k} {n}" for k, n in stats.errors.most_common()) or "-") + " |",
         f"| faults | {len(report.faults)}: " + ", ".join(f"{k} {n}" for k, n in sorted(faults.items())) + " |",
         f"| events processed / dead-lettered | {report.counts.get('events_processed', '-')} / "
@@ -1319,7 +1319,7 @@ def render(report: Report) -> str:
         f"| sound events whose run failed and was retried / events swept after their drain was lost | "
         f"{report.counts.get('events_retried', '-')} / {report.counts.get('events_swept', '-')} |",
         f"| processes orphaned by a kill, still running at the end | {report.counts.get('orphans', '-')} |",
-        f"| alerts raised | " + (", ".join(f"{k} {n}" + (f" ({subjects})" if subjects else "")
+        "| alerts raised | " + (", ".join(f"{k} {n}" + (f" ({subjects})" if subjects else "")
                                            for k, (n, subjects) in report.counts.get("alerts", {}).items()) or "-")
         + " |",
         "",
@@ -1334,9 +1334,9 @@ def render(report: Report) -> str:
         f"{_since(report.timings.get('last_dead_lettered'), report.last_fault_end)} |",
         f"| promise: stale + retry interval + scheduler loop (+ the retries of a failing event) | "
         f"{o.heal_bound:.0f} (+{o.retry_path:.0f}) |",
-        f"| last fault -> first successful sweeper run | "
+        "| last fault -> first successful sweeper run | "
         + (f"{report.timings['sweeper']:.1f}" if report.timings.get("sweeper") is not None else "-") + " |",
-        f"| canary purchase: webhook -> credit after recovery | "
+        "| canary purchase: webhook -> credit after recovery | "
         + (f"{report.timings['canary']:.2f}" if report.timings.get("canary") is not None else "-") + " |",
         "",
         f"Violations: {len(report.violations)}"
