@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_a_short_mixed_load_answers_every_request_and_credits_every_purchase_once(tmp_path):
     admin_url, _ = resolve_test_services()
     options = mixed_load.Options(
-        users=6, funding=30, saturation_clients=8, saturation_seconds=5, seconds=12, webhook_rate=5,
+        users=4, funding=30, saturation_clients=8, saturation_seconds=5, seconds=12, webhook_rate=5,
         client_processes=1, open_threads=8, baseline=None, drain_timeout=60, pg_admin_url=admin_url,
         log_dir=tmp_path, verbose=False)
 
