@@ -48,6 +48,7 @@ import queue
 import random
 import secrets
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -279,12 +280,19 @@ def request_for(kind: str, user: User, users: list[User], rng: random.Random) ->
     return "POST", "/transfers" if kind == "transfer" else "/onramp/sessions", json.dumps(body).encode(), headers
 
 
+def as_child() -> None:
+    """A load process ends when the run does (it is a daemon): not on Ctrl-C, and SIGTERM just ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def client_main(port: int, phase: Phase, share: float, users: list[User], mix: dict, threads: int, seed: int,
                 measure_from: float, until: float, sessions, out) -> None:
     """One client process: its share of an open loop (a dispatcher and `threads` connections) or
     `threads` closed-loop connections. Sends (kind, latency ms, status) of the measured window and the
     transfers of the whole phase (warm-up included) answered 201 and not answered at all; the purchases
     it started go to `sessions`."""
+    as_child()
     rng = random.Random(seed)
     kinds, weights = list(mix), list(mix.values())
     results: list[tuple[str, float, int]] = []
@@ -359,6 +367,7 @@ def webhook_main(port: int, rate: float, secret: str, backlog: list, sessions, m
     (the latency and status are the first attempt's). Sends the MoonPay ids delivered, each with whether
     it was in the measured window, the latencies, how many of `backlog` it used and how many arrivals
     found no purchase to complete."""
+    as_child()
     sent: list[tuple[str, bool]] = []
     results: list[tuple[str, float, int]] = []
     lock = threading.Lock()
@@ -478,14 +487,13 @@ def drive(platform: chaos.Platform, phase: Phase, users: list[User], options: Op
         per = [phase.clients // clients + (n < phase.clients % clients) for n in range(clients)]
     else:
         per = [options.open_threads] * clients
-    processes = [context.Process(target=client_main, args=(
+    # Daemons: if this process is stopped, they stop with it instead of loading a platform that is gone.
+    processes = [context.Process(target=client_main, daemon=True, args=(
         port, phase, 1.0 / clients, users, options.mix, per[n], options.seed * 1000 + serial * 10 + n,
         measure_from, until, sessions, out)) for n in range(clients) if per[n]]
-    hooks = None
     if phase.webhook_rate > 0:
-        hooks = context.Process(target=webhook_main, args=(port, phase.webhook_rate, secret, backlog, sessions,
-                                                           measure_from, until, serial * 1_000_000, out))
-        processes.append(hooks)
+        processes.append(context.Process(target=webhook_main, daemon=True, args=(
+            port, phase.webhook_rate, secret, backlog, sessions, measure_from, until, serial * 1_000_000, out)))
     cpu_before = cpu_snapshot(platform)
     for process in processes:
         process.start()
@@ -675,6 +683,9 @@ def run(options: Options) -> Report:
                     options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
                     machine=f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start"
                             f"{cpu_pressure()}", platform=shape)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:  # SIGTERM cleans up like Ctrl-C
+        previous_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         name = f"wallet_load_{os.getpid()}_{token[:6]}"
         report.database = name
@@ -733,6 +744,8 @@ def run(options: Options) -> Report:
         report.goals = goals(report)
         return report
     finally:
+        if in_main_thread:
+            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
         processes.stop_all()
         report.sessions = processes.sessions
         if redis is not None:
@@ -743,6 +756,13 @@ def run(options: Options) -> Report:
             shutil.rmtree(log_dir, ignore_errors=True)
         else:
             report.log_dir = str(log_dir)
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
 
 
 def goals(report: Report) -> dict:
@@ -879,7 +899,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Options, Path | None]:
 
 def main(argv: list[str] | None = None) -> int:
     options, json_path = parse_args(argv)
-    report = run(options)
+    try:
+        report = run(options)
+    except KeyboardInterrupt:
+        print("interrupted: every process of the run stopped" + ("" if options.keep else ", the scratch database "
+                                                                 "dropped"), file=sys.stderr)
+        return 130
     print(render(report))
     if json_path is not None:
         json_path.write_text(json.dumps(as_json(report), indent=2, default=str) + "\n")
