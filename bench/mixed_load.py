@@ -243,7 +243,7 @@ def webhook_request(secret: str, onramp_id: str, user_id: str, n: int) -> tuple[
     body = completed_webhook(uuid.UUID(onramp_id), uuid.UUID(user_id), n)
     headers = {**proxied("127.0.0.1"), "Content-Type": "application/json",
                "Moonpay-Signature-V2": sign_webhook(body=body, secret=secret, timestamp=int(time.time()))}
-    return f"mp_bench_{uuid.UUID(onramp_id).hex}", body, headers
+    return json.loads(body)["data"]["id"], body, headers
 
 
 # --------------------------------------------------------------------------- the load
@@ -550,7 +550,8 @@ def fund(port: int, secret: str, purchases: list[tuple[str, str]], database: cha
 
     with ThreadPoolExecutor(WEBHOOK_SENDERS) as pool:
         ids = list(pool.map(send, enumerate(purchases)))
-    wait_for_credits(database, ids, timeout)
+    if not wait_for_credits(database, ids, timeout):
+        raise RuntimeError(f"the funding burst was not credited within {timeout:.0f} s")
     ((first, last),) = database.rows(
         "SELECT extract(epoch FROM min(e.received_at)), extract(epoch FROM max(t.created_at)) FROM webhook_events e "
         "JOIN ledger_transactions t ON t.reference = 'moonpay:' || e.external_id AND t.kind = 'onramp_credit' "
@@ -604,6 +605,13 @@ def check(database: chaos.ScratchDatabase, completed: list[str], transfers_acked
         elif found != (1, PURCHASE):
             v.append(f"{moonpay_id} credited {found[0]} times, {found[1]} in all (expected once, {PURCHASE})")
     v += [f"a credit nobody completed: {ref} {found}" for ref, found in credits.items()]
+    ((misplaced,),) = database.rows(
+        "SELECT count(*) FROM ledger_transactions t JOIN ledger_entries e ON e.transaction_id = t.id "
+        "JOIN wallets w ON w.id = e.wallet_id AND w.user_id IS NOT NULL "
+        "JOIN onramp_transactions o ON t.reference = 'moonpay:' || o.moonpay_transaction_id "
+        "WHERE t.kind = 'onramp_credit' AND e.wallet_id <> o.wallet_id")
+    if misplaced:
+        v.append(f"{misplaced} credits landed in a wallet other than their purchase's")
     ((wrong_status,),) = database.rows(
         "SELECT count(*) FROM onramp_transactions WHERE (status = 'completed') <> (moonpay_transaction_id = ANY(%s))",
         (list(set(completed)),))
