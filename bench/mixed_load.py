@@ -725,7 +725,7 @@ def run(options: Options) -> Report:
             phases.append(Phase("saturation", options.saturation_seconds, clients=options.saturation_clients,
                                 webhook_rate=webhook_rate))
         phases.append(Phase("measured", options.seconds, rate=options.rate, webhook_rate=webhook_rate))
-        # Purchases for the webhooks beyond what the mix itself starts (a tenth of its sessions, roughly).
+        # Purchases for the runs' webhooks: the mix's own sessions go first, these ensure none goes without.
         needed = math.ceil(webhook_rate * sum(p.seconds + WARMUP for p in phases) * 1.2) + 20
         tell(f"{needed} more purchases for the webhooks of the runs ...")
         backlog = create_sessions(port, users, needed, rng)
