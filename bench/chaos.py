@@ -521,9 +521,11 @@ def webhook_body(event: Event, variant: int) -> bytes:
 
 
 class Platform:
-    """The Procfile's processes, on the scratch database and the private Redis."""
+    """The Procfile's processes, on the scratch database and the private Redis. `settings` go on top of
+    the run's environment (another APP_ENV, raised rate limits)."""
 
-    def __init__(self, options: Options, processes: Processes, database: ScratchDatabase, redis: PrivateRedis):
+    def __init__(self, options: Options, processes: Processes, database: ScratchDatabase, redis: PrivateRedis,
+                 settings: dict[str, str] | None = None):
         self.options, self.processes, self.database, self.redis = options, processes, database, redis
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -554,6 +556,7 @@ class Platform:
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
             "PYTHONUNBUFFERED": "1",
         }
+        self.env.update(settings or {})
         self.web_env = {**self.env, "DB_POOL_SIZE": "4", "DB_MAX_OVERFLOW": "0"}
 
     def release(self) -> None:
@@ -1010,6 +1013,18 @@ def send_canary(platform: Platform, plan: Plan, timeout: float) -> float | None:
     return None
 
 
+# Ledger transactions with fewer than two entries, more than one currency, or not summing to zero.
+UNBALANCED_TRANSACTIONS = (
+    "SELECT count(*) FROM (SELECT t.id FROM ledger_transactions t LEFT JOIN ledger_entries e "
+    "ON e.transaction_id = t.id GROUP BY t.id HAVING count(e.id) < 2 OR coalesce(sum(e.amount), 1) <> 0 "
+    "OR bool_or(e.currency <> t.currency)) bad")
+# User wallets' entries whose balance_after is not the running sum of the wallet's entries.
+BROKEN_BALANCE_CHAINS = (
+    "SELECT count(*) FROM (SELECT e.balance_after, sum(e.amount) OVER (PARTITION BY e.wallet_id ORDER BY e.id) "
+    "AS running FROM ledger_entries e JOIN wallets w ON w.id = e.wallet_id WHERE w.user_id IS NOT NULL) c "
+    "WHERE balance_after IS DISTINCT FROM running")
+
+
 def check(report: Report, platform: Platform) -> None:
     """Every promise, in SQL; each broken one is a line in report.violations."""
     db, plan, v = platform.database, report.plan, report.violations
@@ -1060,16 +1075,10 @@ def check(report: Report, platform: Platform) -> None:
             v.append(f"wallet {wallet}: holds {entries}, its purchases add up to {expected_balance.get(wallet, 0)}")
         if cached < 0:
             v.append(f"wallet {wallet}: negative balance {cached}")
-    ((unbalanced,),) = db.rows(
-        "SELECT count(*) FROM (SELECT t.id FROM ledger_transactions t LEFT JOIN ledger_entries e "
-        "ON e.transaction_id = t.id GROUP BY t.id HAVING count(e.id) < 2 OR coalesce(sum(e.amount), 1) <> 0 "
-        "OR bool_or(e.currency <> t.currency)) bad")
+    ((unbalanced,),) = db.rows(UNBALANCED_TRANSACTIONS)
     if unbalanced:
         v.append(f"{unbalanced} ledger transactions do not sum to zero")
-    ((broken,),) = db.rows(
-        "SELECT count(*) FROM (SELECT e.balance_after, sum(e.amount) OVER (PARTITION BY e.wallet_id ORDER BY e.id) "
-        "AS running FROM ledger_entries e JOIN wallets w ON w.id = e.wallet_id WHERE w.user_id IS NOT NULL) c "
-        "WHERE balance_after IS DISTINCT FROM running")
+    ((broken,),) = db.rows(BROKEN_BALANCE_CHAINS)
     if broken:
         v.append(f"{broken} ledger entries break their wallet's balance_after chain")
 
@@ -1302,7 +1311,7 @@ def render(report: Report) -> str:
         f"{stats.duplicates} / {sum(stats.errors.values())} |",
         f"| webhook answer time p50 / p99 / max, s (MoonPay wants < 5) | {_quantile(stats.answer_seconds, 0.5):.3f} / "
         f"{_quantile(stats.answer_seconds, 0.99):.3f} / {max(stats.answer_seconds, default=0):.3f} |",
-        f"| what failed the retried attempts | "
+        "| what failed the retried attempts | "
         + (", ".join(f"{k} {n}" for k, n in stats.errors.most_common()) or "-") + " |",
         f"| faults | {len(report.faults)}: " + ", ".join(f"{k} {n}" for k, n in sorted(faults.items())) + " |",
         f"| events processed / dead-lettered | {report.counts.get('events_processed', '-')} / "
@@ -1310,7 +1319,7 @@ def render(report: Report) -> str:
         f"| sound events whose run failed and was retried / events swept after their drain was lost | "
         f"{report.counts.get('events_retried', '-')} / {report.counts.get('events_swept', '-')} |",
         f"| processes orphaned by a kill, still running at the end | {report.counts.get('orphans', '-')} |",
-        f"| alerts raised | " + (", ".join(f"{k} {n}" + (f" ({subjects})" if subjects else "")
+        "| alerts raised | " + (", ".join(f"{k} {n}" + (f" ({subjects})" if subjects else "")
                                            for k, (n, subjects) in report.counts.get("alerts", {}).items()) or "-")
         + " |",
         "",
@@ -1325,9 +1334,9 @@ def render(report: Report) -> str:
         f"{_since(report.timings.get('last_dead_lettered'), report.last_fault_end)} |",
         f"| promise: stale + retry interval + scheduler loop (+ the retries of a failing event) | "
         f"{o.heal_bound:.0f} (+{o.retry_path:.0f}) |",
-        f"| last fault -> first successful sweeper run | "
+        "| last fault -> first successful sweeper run | "
         + (f"{report.timings['sweeper']:.1f}" if report.timings.get("sweeper") is not None else "-") + " |",
-        f"| canary purchase: webhook -> credit after recovery | "
+        "| canary purchase: webhook -> credit after recovery | "
         + (f"{report.timings['canary']:.2f}" if report.timings.get("canary") is not None else "-") + " |",
         "",
         f"Violations: {len(report.violations)}"

@@ -5,12 +5,10 @@ transaction, Redis is flushed, the application's database connections are termin
 process restarts and Redis is killed and comes back empty. Afterwards no money is lost or doubled,
 every event is processed or dead-lettered (with an alert) by the system alone, every process is
 back, and nothing of the run is left behind."""
-import os
-
-import psycopg2
 import pytest
 
 from bench import chaos
+from tests.leftovers import database_exists, processes_in_sessions
 from wallet_api.local_services import resolve_test_services
 
 pytestmark = pytest.mark.slow
@@ -37,20 +35,5 @@ def test_a_short_chaos_run_loses_nothing_doubles_nothing_and_heals_by_itself(tmp
     assert report.timings["canary"] is not None and report.timings["sweeper"] is not None, summary
 
     # Nothing of the run is left: no process in a session it started, its database is gone.
-    left = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                session = int(fh.read().rsplit(")", 1)[1].split()[3])
-        except (OSError, IndexError, ValueError):
-            continue
-        if session in report.sessions:
-            left.append(pid)
-    assert report.sessions and left == []
-    conn = psycopg2.connect(admin_url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM pg_database WHERE datname = %s", (report.database,))
-            assert cur.fetchone()[0] == 0
-    finally:
-        conn.close()
+    assert report.sessions and processes_in_sessions(report.sessions) == []
+    assert not database_exists(admin_url, report.database)
