@@ -1,6 +1,7 @@
 """Heroku Redis speaks TLS with a self-signed certificate. With REDIS_TLS_VERIFY=false the app (its
 queues, readiness check and rate limiter), a real worker process pool and the scheduler all work
-against such a server; without it, the certificate is verified and refused."""
+against such a server; without it, the certificate is verified and refused. The server is Redis's own
+TLS where the machine's redis-server has it, else a TLS terminator in front of a plain one (tls_redis.py)."""
 import signal
 import subprocess
 import time
