@@ -111,8 +111,10 @@ class WalletApi(Api):
         code = error.code or 500
         data = getattr(error, "data", None) or {}
         headers = dict(data.get("headers") or {})
-        errors = data.get("errors") or data.get("messages")
+        errors = _by_location(data.get("errors") or data.get("messages"))
         message = data.get("message")
+        if code == 400 and errors:  # webargs' malformed JSON; Werkzeug's description blames "the browser"
+            message = message or "Malformed request; see errors."
         if code == 422 and errors:
             message = message or "Request validation failed; see errors."
             return envelope(code, message, error="validation_error", errors=errors), code, headers
@@ -134,6 +136,14 @@ class WalletApi(Api):
             else:
                 message = "Too many requests; retry after the time in the Retry-After header."
         return envelope(code, message, error=error_name, errors=errors), code, headers
+
+
+def _by_location(errors: dict | None) -> dict | None:
+    """`errors` as {location: {field: messages}}: a message list given for a whole location (webargs'
+    "Invalid JSON body.") goes under `_schema`, marshmallow's name for errors of no one field."""
+    if not isinstance(errors, dict):
+        return errors
+    return {location: {"_schema": found} if isinstance(found, list) else found for location, found in errors.items()}
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -29,6 +29,13 @@ def unstorable_text(value: str) -> bool:
     return "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value)
 
 
+def storable(value: str) -> str:
+    """`value` with each NUL and lone surrogate replaced by U+FFFD: for recording what a client sent (logs of
+    refused requests), never for accepting it."""
+    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value) \
+        if unstorable_text(value) else value
+
+
 def unstorable_fields(data, path: str = "") -> dict[str, list[str]]:
     """{field path: [message]} for every string (key or value) in `data` that cannot be stored."""
     found: dict[str, list[str]] = {}

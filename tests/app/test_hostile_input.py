@@ -81,3 +81,18 @@ def test_deeply_nested_json_to_an_admin_route_is_refused_not_a_crash(client, adm
 def test_limit_takes_ascii_digits_only(client, user, auth_headers):
     res = client.get("/onramp/transactions", query_string={"limit": "١٠"}, headers=auth_headers(user))
     assert res.status_code == 422 and "limit" in res.get_json()["errors"]["query"]
+
+
+def test_admin_requests_carrying_text_no_column_can_hold_are_still_recorded(client, admin, auth_headers, books):
+    # Found by fuzzing: the access log's INSERT failed (NUL in JSONB, a 300-character target), so the
+    # refused request went unrecorded. Recorded now, with U+FFFD for what PostgreSQL cannot hold.
+    headers = {**auth_headers(admin), "User-Agent": "agent\u0000x"}
+    assert client.get("/admin/alerts/unresolved", query_string={"cursor": NUL}, headers=headers).status_code == 422
+    assert client.get("/admin/jobs/a%00b/runs", headers=headers).status_code == 404
+    assert client.get("/admin/jobs/" + "x" * 300 + "/runs", headers=headers).status_code == 404
+    rows = books.read("SELECT path, target_id, metadata, user_agent, status_code FROM admin_access_log "
+                      "ORDER BY created_at")
+    assert [r["status_code"] for r in rows] == [422, 404, 404]
+    assert rows[0]["metadata"]["query"]["cursor"] == "a\ufffdb" and rows[0]["user_agent"] == "agent\ufffdx"
+    assert rows[1]["path"] == "/admin/jobs/a\ufffdb/runs" and rows[1]["target_id"] == "a\ufffdb"
+    assert rows[2]["target_id"] == "x" * 255

@@ -1,0 +1,86 @@
+"""The world the fuzzer works in: an app with every rate limit raised, and one of everything, owned by
+a user, by another user and by nobody in particular (alerts, dead letters, job runs)."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.conftest import FACTORY_PASSWORD
+from tests.onramp.support import crypto_wallet, moonpay_event, onramp, post_webhook  # noqa: F401
+from wallet_api.alerts.models import AlertType
+from wallet_api.alerts.service import raise_alert
+from wallet_api.config import RateLimits
+from wallet_api.extensions import db
+from wallet_api.jobs.runner import run_job
+from wallet_api.onramp.apply_job import process_event
+from wallet_api.wallets import service as wallets
+
+# Far above anything a bounded run sends, so the fuzzer meets the routes rather than 429s; the limits
+# themselves stay on (their keys and headers run on every request).
+RAISED = "100000/minute"
+JOB_NAMES = ("wallet-reconciliation", "provider-reconciliation", "webhook-retry")
+
+
+@pytest.fixture
+def fuzz_app(make_settings_app):
+    return make_settings_app(ratelimit_enabled=True,
+                             rate_limits=RateLimits(**{name: RAISED for name in RateLimits.__dataclass_fields__}))
+
+
+@dataclass
+class World:
+    tokens: dict[str, dict[str, str]]                # persona -> {"access": ..., "refresh": ...}
+    ids: dict[str, list[str]] = field(default_factory=dict)   # path parameter name -> real values
+    wallets: dict[str, list[str]] = field(default_factory=dict)  # "own" / "others" -> wallet ids
+
+    def headers(self, persona: str, *, refresh: bool = False) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[persona]['refresh' if refresh else 'access']}"}
+
+
+@pytest.fixture
+def world(app, fuzz_app, make_user, funded_wallet, make_wallet, onramp):  # noqa: F811
+    """Tokens for `user` and `admin`, and real ids of their own resources and of another user's."""
+    user, other, admin = make_user(), make_user(), make_user(role="ADMIN")
+    client = fuzz_app.test_client()
+    tokens = {}
+    for name, person in (("user", user), ("admin", admin)):
+        pair = client.post("/auth/login", json={"email": person.email, "password": FACTORY_PASSWORD}).get_json()
+        tokens[name] = {"access": pair["access_token"], "refresh": pair["refresh_token"]}
+    own_usd, others_usd = funded_wallet("1000.00", user=user), funded_wallet("1000.00", user=other)
+    own_tx, own_eth = onramp(user, "ETH")
+    others_tx, others_eth = onramp(other, "ETH")
+    admin_usd = make_wallet(admin, "USD")
+    transfers = []
+    for source, destination, owner in ((own_usd, others_usd, user), (others_usd, own_usd, other)):
+        with app.app_context():
+            transfers.append(wallets.create_transfer(user_id=owner.id, from_wallet_id=source,
+                                                     to_wallet_id=destination, amount=Decimal("1.00")).id)
+            db.session.remove()
+    with app.app_context():
+        alert_id = raise_alert(alert_type=AlertType.JOB_CRASH, subject="job:fuzz", title="t", message="m")
+        db.session.commit()
+        run_id = run_job("webhook-retry", lambda: {})["run_id"]
+        db.session.remove()
+    entry = _dead_letter(app, client, other)
+    ids = {"wallet_id": [own_usd, own_eth, others_usd, others_eth, admin_usd],
+           "transfer_id": transfers, "transaction_id": [own_tx, others_tx], "entry_id": [entry],
+           "alert_id": [alert_id], "run_id": [run_id], "name": list(JOB_NAMES)}
+    return World(tokens=tokens, ids={k: [str(v) for v in vs] for k, vs in ids.items()},
+                 wallets={"own": [str(own_usd), str(own_eth)], "others": [str(others_usd), str(others_eth)]})
+
+
+def _dead_letter(app, client, user):
+    post_webhook(client, moonpay_event(onramp_id=uuid.uuid4(), user_id=user.id, moonpay_id="mp_fuzz"))
+    with app.app_context():
+        event_id = db.session.execute(db.text("SELECT id FROM webhook_events WHERE external_id = 'mp_fuzz'")).scalar()
+        at = dt.datetime.now(dt.timezone.utc)
+        while process_event(event_id=event_id, now=at) != "dead_lettered":
+            at += dt.timedelta(hours=2)
+        entry = db.session.execute(db.text("SELECT id FROM dead_letter_queue WHERE event_id = :e"),
+                                   {"e": event_id}).scalar()
+        db.session.remove()
+    return entry

@@ -1,0 +1,79 @@
+"""schemathesis against the app's own OpenAPI document: every operation, as a user and as an admin, with
+real ids of their own and of another user's resources mixed into what it generates. Every response
+must be no server error, have a status the operation declares, the declared content type, and a
+body and headers that match the declared schema.
+
+A bounded, derandomized run (the same examples every time): FUZZ_EXAMPLES examples per operation and
+persona (default 12, about a minute on a quiet 2-core machine). The longer run of docs/RELIABILITY.md
+("Fuzzing") is this test with FUZZ_EXAMPLES=200.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          response_headers_conformance]
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
+# Amounts that can succeed, so transfers and adjustments reach the ledger and not only the validator.
+AMOUNTS = ("0.01", "1.00", "5", "999999999")
+BODY_WALLET_FIELDS = ("wallet_id", "from_wallet_id", "to_wallet_id")
+
+
+def _with_real_ids(case, data, world, persona: str) -> None:
+    """Swap generated ids for real ones (most of the time): the persona's own, another user's, any."""
+    for name in list(case.path_parameters or {}):
+        if name in world.ids:
+            case.path_parameters[name] = data.draw(st.sampled_from(world.ids[name] + [case.path_parameters[name]]),
+                                                   label=name)
+    if isinstance(case.body, dict):
+        for name in BODY_WALLET_FIELDS:
+            if name in case.body:
+                choices = world.wallets["own"] + world.wallets["others"] + [case.body[name]]
+                case.body[name] = data.draw(st.sampled_from(choices), label=name)
+        if "amount" in case.body:
+            case.body["amount"] = data.draw(st.sampled_from(AMOUNTS + (case.body["amount"],)), label="amount")
+
+
+def _fuzz(operation, world, persona: str) -> int:
+    calls = []
+
+    @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None, print_blob=False,
+              phases=[Phase.explicit, Phase.generate],  # no shrinking: bounded time; the failure is shown as is
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+    @given(case=operation.as_strategy(), data=st.data())
+    def run(case, data):
+        _with_real_ids(case, data, world, persona)
+        refresh = operation.path in ("/auth/refresh", "/auth/logout") and data.draw(st.booleans(), label="refresh")
+        calls.append(1)
+        case.call_and_validate(headers=world.headers(persona, refresh=refresh), checks=CHECKS)
+
+    run()
+    return len(calls)
+
+
+@pytest.mark.parametrize("persona", ["user", "admin"])
+def test_every_operation_keeps_to_the_published_document(fuzz_app, world, persona):
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
+    failures, calls, started = [], 0, time.monotonic()
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 30
+    for operation in operations:
+        try:
+            calls += _fuzz(operation, world, persona)
+        except Exception as exc:  # one operation's failure must not hide the others'
+            failures.append(f"{operation.label}:\n{exc}")
+    print(f"fuzzed {len(operations)} operations as {persona}: {calls} calls in {time.monotonic() - started:.1f}s")
+    assert not failures, "\n\n".join(failures)
