@@ -58,7 +58,8 @@ def error_statuses(*, operation: dict, view, path_arguments, method: str) -> dic
     if role:
         statuses[403] = f"The token's role is not {role}"
     if path_arguments:
-        statuses[404] = "Not found: " + ", ".join(sorted(path_arguments)) + " unknown, not a valid value, or not the caller's"
+        names = ", ".join(sorted(path_arguments))
+        statuses[404] = f"Not found: {names} unknown, not a valid value, or not the caller's"
     if idempotent:
         statuses[409] = f"A request with this {IDEMPOTENCY_HEADER} is still being processed; retry shortly"
     if body:

@@ -213,8 +213,8 @@ def test_wallet_and_transfer_answers_keep_to_the_document(app, client, people, f
                                                     json=move), 400)
     conforms(app, "post", "/transfers", client.post("/transfers", headers=headers, json={**move, "amount": "99.00"}),
              422)
-    conforms(app, "post", "/transfers",
-             client.post("/transfers", headers=headers, json={**move, "from_wallet_id": str(theirs), "to_wallet_id": str(own)}), 404)
+    backwards = {**move, "from_wallet_id": str(theirs), "to_wallet_id": str(own)}
+    conforms(app, "post", "/transfers", client.post("/transfers", headers=headers, json=backwards), 404)
     conforms(app, "post", "/transfers", client.post("/transfers", headers=headers, json={**move, "amount": 1}), 422)
     transfer = first.get_json()["id"]
     conforms(app, "get", "/transfers/{transfer_id}", client.get(f"/transfers/{transfer}", headers=headers), 200)
