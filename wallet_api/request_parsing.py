@@ -11,6 +11,7 @@ Route modules build their blueprints with this module's `Blueprint`.
 """
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 
@@ -18,7 +19,7 @@ import flask_smorest
 from flask import current_app, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge
-from marshmallow import ValidationError
+from marshmallow import ValidationError, fields
 from webargs.flaskparser import FlaskParser
 
 REFUSED = "Text may not contain NUL characters or unpaired UTF-16 surrogates."
@@ -53,6 +54,19 @@ def unstorable_fields(data, path: str = "") -> dict[str, list[str]]:
         for index, value in enumerate(data):
             found.update(unstorable_fields(value, f"{path}.{index}" if path else str(index)))
     return found
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """An ISO 8601 timestamp with a time zone, read as UTC. Python takes offsets up to +-24 h, PostgreSQL
+    up to +-15:59: an offset PostgreSQL refuses (or an instant beyond year 1..9999 in UTC) is a 422 here,
+    not a database error."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(dt.timezone.utc)
+        except OverflowError:
+            raise ValidationError("Timestamp out of range.") from None
 
 
 class StrictParser(FlaskParser):

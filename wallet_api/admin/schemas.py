@@ -5,6 +5,7 @@ from wallet_api.alerts.models import AlertType, Severity
 from wallet_api.jobs.models import RunStatus, Trigger
 from wallet_api.onramp.models import DlqResolution
 from wallet_api.pagination import PageQuerySchema, page_schema
+from wallet_api.request_parsing import UtcDateTime
 from wallet_api.wallets.schemas import MoneyField
 
 MAX_NOTE_LENGTH = 2000
@@ -153,7 +154,7 @@ class AccessLogQuerySchema(PageQuerySchema):
                            metadata={"description": "The route's name, e.g. admin.ResolveAlert"})
     target = fields.String(load_default=None, validate=validate.Length(min=1, max=255),
                            metadata={"description": "The id in the path (wallet, alert, entry, job...)"})
-    since = fields.AwareDateTime(load_default=None, metadata={"description": "ISO 8601 with a time zone"})
+    since = UtcDateTime(load_default=None, metadata={"description": "ISO 8601 with a time zone"})
 
 
 class AccessLogSchema(Schema):
