@@ -33,9 +33,9 @@ def fuzz_app(make_settings_app):
 
 @dataclass
 class World:
-    tokens: dict[str, dict[str, str]]                # persona -> {"access": ..., "refresh": ...}
-    ids: dict[str, list[str]] = field(default_factory=dict)   # path parameter name -> real values
-    wallets: dict[str, list[str]] = field(default_factory=dict)  # "own" / "others" -> wallet ids
+    tokens: dict[str, dict[str, str]]                          # persona -> {"access": ..., "refresh": ...}
+    ids: dict[str, list[str]] = field(default_factory=dict)       # path parameter name -> real values
+    body_ids: dict[str, list[str]] = field(default_factory=dict)  # body field name -> real wallet ids
 
     def headers(self, persona: str, *, refresh: bool = False) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[persona]['refresh' if refresh else 'access']}"}
@@ -69,8 +69,11 @@ def world(app, fuzz_app, make_user, funded_wallet, make_wallet, onramp):  # noqa
     ids = {"wallet_id": [own_usd, own_eth, others_usd, others_eth, admin_usd],
            "transfer_id": transfers, "transaction_id": [own_tx, others_tx], "entry_id": [entry],
            "alert_id": [alert_id], "run_id": [run_id], "name": list(JOB_NAMES)}
+    # Body fields naming wallets, each with the ids most likely to get past validation first.
+    body_ids = {"from_wallet_id": [own_usd, others_usd], "to_wallet_id": [others_usd, own_usd],
+                "wallet_id": [own_eth, others_eth, own_usd]}
     return World(tokens=tokens, ids={k: [str(v) for v in vs] for k, vs in ids.items()},
-                 wallets={"own": [str(own_usd), str(own_eth)], "others": [str(others_usd), str(others_eth)]})
+                 body_ids={k: [str(v) for v in vs] for k, vs in body_ids.items()})
 
 
 def _dead_letter(app, client, user):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections import Counter
 
 import pytest
@@ -28,11 +29,11 @@ from schemathesis.checks import (
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
-# Every login runs argon2 on purpose (unknown emails too, so timing reveals nothing): ~1 s a call here.
-SLOW = {"POST /auth/login"}
+# Argon2 on purpose: every login (unknown emails too, so timing reveals nothing) and every account
+# registered costs about a second here, so these get a tenth of the examples (at least 3).
+SLOW = {"POST /auth/login", "POST /auth/register"}
 # Amounts that can succeed, so transfers and adjustments reach the ledger and not only the validator.
 AMOUNTS = ("0.01", "1.00", "5", "999999999")
-BODY_WALLET_FIELDS = ("wallet_id", "from_wallet_id", "to_wallet_id")
 
 
 def _with_real_ids(case, data, world, persona: str) -> None:
@@ -42,12 +43,13 @@ def _with_real_ids(case, data, world, persona: str) -> None:
             case.path_parameters[name] = data.draw(st.sampled_from(world.ids[name] + [case.path_parameters[name]]),
                                                    label=name)
     if isinstance(case.body, dict):
-        for name in BODY_WALLET_FIELDS:
+        for name, ids in world.body_ids.items():
             if name in case.body:
-                choices = world.wallets["own"] + world.wallets["others"] + [case.body[name]]
-                case.body[name] = data.draw(st.sampled_from(choices), label=name)
+                case.body[name] = data.draw(st.sampled_from(ids + [case.body[name]]), label=name)
         if "amount" in case.body:
             case.body["amount"] = data.draw(st.sampled_from(AMOUNTS + (case.body["amount"],)), label="amount")
+        if "email" in case.body and data.draw(st.booleans(), label="real email"):
+            case.body["email"] = f"fuzz-{uuid.uuid4().hex[:12]}@example.com"
 
 
 def _fuzz(operation, world, persona: str) -> Counter:
@@ -62,9 +64,12 @@ def _fuzz(operation, world, persona: str) -> Counter:
     def run(case, data):
         _with_real_ids(case, data, world, persona)
         refresh = operation.path in ("/auth/refresh", "/auth/logout") and data.draw(st.booleans(), label="refresh")
-        response = case.call(headers=world.headers(persona, refresh=refresh))
+        headers = world.headers(persona, refresh=refresh)
+        response = case.call(headers=headers)
         statuses[response.status_code] += 1
-        case.validate_response(response, checks=CHECKS, headers=world.headers(persona, refresh=refresh))
+        case.validate_response(response, checks=CHECKS, headers=headers)
+        if operation.path == "/auth/refresh" and response.status_code == 200:
+            world.tokens[persona]["refresh"] = response.json()["refresh_token"]  # rotated: keep the live one
 
     run()
     return statuses
