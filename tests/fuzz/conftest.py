@@ -35,14 +35,14 @@ def fuzz_app(make_settings_app):
 class World:
     tokens: dict[str, dict[str, str]]                          # persona -> {"access": ..., "refresh": ...}
     ids: dict[str, list[str]] = field(default_factory=dict)       # path parameter name -> real values
-    body_ids: dict[str, list[str]] = field(default_factory=dict)  # body field name -> real wallet ids
+    body_ids: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # persona -> body field -> ids
 
     def headers(self, persona: str, *, refresh: bool = False) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.tokens[persona]['refresh' if refresh else 'access']}"}
 
 
 @pytest.fixture
-def world(app, fuzz_app, make_user, funded_wallet, make_wallet, onramp):  # noqa: F811
+def world(app, fuzz_app, make_user, funded_wallet, onramp):  # noqa: F811
     """Tokens for `user` and `admin`, and real ids of their own resources and of another user's."""
     user, other, admin = make_user(), make_user(), make_user(role="ADMIN")
     client = fuzz_app.test_client()
@@ -53,7 +53,7 @@ def world(app, fuzz_app, make_user, funded_wallet, make_wallet, onramp):  # noqa
     own_usd, others_usd = funded_wallet("1000.00", user=user), funded_wallet("1000.00", user=other)
     own_tx, own_eth = onramp(user, "ETH")
     others_tx, others_eth = onramp(other, "ETH")
-    admin_usd = make_wallet(admin, "USD")
+    admin_usd = funded_wallet("1000.00", user=admin)
     transfers = []
     for source, destination, owner in ((own_usd, others_usd, user), (others_usd, own_usd, other)):
         with app.app_context():
@@ -69,11 +69,14 @@ def world(app, fuzz_app, make_user, funded_wallet, make_wallet, onramp):  # noqa
     ids = {"wallet_id": [own_usd, own_eth, others_usd, others_eth, admin_usd],
            "transfer_id": transfers, "transaction_id": [own_tx, others_tx], "entry_id": [entry],
            "alert_id": [alert_id], "run_id": [run_id], "name": list(JOB_NAMES)}
-    # Body fields naming wallets, each with the ids most likely to get past validation first.
-    body_ids = {"from_wallet_id": [own_usd, others_usd], "to_wallet_id": [others_usd, own_usd],
-                "wallet_id": [own_eth, others_eth, own_usd]}
+    # Body fields naming wallets, per persona, each with the ids most likely to get past validation first.
+    body_ids = {"user": {"from_wallet_id": [own_usd, others_usd], "to_wallet_id": [others_usd, own_usd],
+                         "wallet_id": [own_eth, others_eth, own_usd]},
+                "admin": {"from_wallet_id": [admin_usd, own_usd], "to_wallet_id": [own_usd, admin_usd],
+                          "wallet_id": [own_eth, admin_usd]}}
     return World(tokens=tokens, ids={k: [str(v) for v in vs] for k, vs in ids.items()},
-                 body_ids={k: [str(v) for v in vs] for k, vs in body_ids.items()})
+                 body_ids={persona: {k: [str(v) for v in vs] for k, vs in fields.items()}
+                           for persona, fields in body_ids.items()})
 
 
 def _dead_letter(app, client, user):

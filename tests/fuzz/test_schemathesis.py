@@ -43,7 +43,7 @@ def _with_real_ids(case, data, world, persona: str) -> None:
             case.path_parameters[name] = data.draw(st.sampled_from(world.ids[name] + [case.path_parameters[name]]),
                                                    label=name)
     if isinstance(case.body, dict):
-        for name, ids in world.body_ids.items():
+        for name, ids in world.body_ids[persona].items():
             if name in case.body:
                 case.body[name] = data.draw(st.sampled_from(ids + [case.body[name]]), label=name)
         if "amount" in case.body:
