@@ -96,7 +96,7 @@ class ErrorSchema(Schema):
                        "invalid_token, insufficient_funds, rate_limited reasons (too_many_requests, "
                        "account_throttled)", "example": "validation_error"})
     errors = fields.Dict(keys=fields.String(), values=fields.Dict(), metadata={
-        "description": "Field-level messages by location (json, query, headers, path), then by field: "
+        "description": "Field-level messages by location (json, query), then by field: "
                        "`{\"json\": {\"amount\": [\"...\"]}}`; a nested field or list item nests further. "
                        "Present on validation errors (422) and on a malformed webhook (400)",
         "example": {"json": {"amount": ["Amount must be a decimal string such as \"10.50\"."]}}})

@@ -48,10 +48,10 @@ def error_statuses(*, operation: dict, view, path_arguments, method: str) -> dic
     body = "requestBody" in operation
     idempotent = any(isinstance(p, dict) and p.get("name") == IDEMPOTENCY_HEADER
                      for p in operation.get("parameters", []))
-    if body or idempotent:
-        statuses[400] = "Malformed request: " + " or ".join(
-            ([] if not body else ["the body is not valid JSON"]) +
-            ([] if not idempotent else [f"the {IDEMPOTENCY_HEADER} header is not 1 to 255 printable ASCII characters"]))
+    malformed = (["the body is not valid JSON"] if body else []) + (
+        [f"the {IDEMPOTENCY_HEADER} header is not 1 to 255 printable ASCII characters"] if idempotent else [])
+    if malformed:
+        statuses[400] = "Malformed request: " + " or ".join(malformed)
     if operation.get("security"):
         statuses[401] = "Missing, malformed, invalid or expired bearer token"
     role = getattr(view, REQUIRED_ROLE, None)

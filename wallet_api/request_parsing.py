@@ -33,8 +33,9 @@ def unstorable_text(value: str) -> bool:
 def storable(value: str) -> str:
     """`value` with each NUL and lone surrogate replaced by U+FFFD: for recording what a client sent (logs of
     refused requests), never for accepting it."""
-    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value) \
-        if unstorable_text(value) else value
+    if not unstorable_text(value):
+        return value
+    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value)
 
 
 def unstorable_fields(data, path: str = "") -> dict[str, list[str]]:

@@ -151,7 +151,7 @@ def test_the_admin_reason_pattern_means_in_ecma_262_what_the_server_checks(spec)
 
     def accepted(value):
         try:
-            not_blank(value)
+            not_blank()(value)
             return True
         except Exception:
             return False

@@ -22,9 +22,14 @@ NOT_BLANK_PATTERN = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u2
 _NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
 
 
-def not_blank(value: str) -> None:
-    if not _NOT_BLANK.search(value):
-        raise ValidationError("reason must not be blank.")
+def not_blank(error: str = "Must not be blank."):
+    """A validator refusing text that is empty or only whitespace; document it with NOT_BLANK_PATTERN."""
+
+    def validate(value: str) -> None:
+        if not _NOT_BLANK.search(value):
+            raise ValidationError(error)
+
+    return validate
 
 
 class AmountField(fields.Field):
@@ -122,7 +127,7 @@ class AdjustmentCreateSchema(Schema):
     reason = fields.String(required=True, metadata={"pattern": NOT_BLANK_PATTERN}, validate=[
         validate.Length(min=1, max=MAX_REASON_LENGTH,
                         error=f"reason must be 1 to {MAX_REASON_LENGTH} characters."),
-        not_blank])
+        not_blank("reason must not be blank.")])
 
 
 class AdjustmentSchema(Schema):
