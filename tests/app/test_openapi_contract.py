@@ -5,6 +5,7 @@ itself is usable by standard tooling: the one error envelope, errors declared pe
 regular expressions in ECMA-262 (the dialect JSON Schema's `pattern` is written in)."""
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
@@ -31,8 +32,7 @@ NOWHERE = str(uuid.UUID(int=1))
 def conforms(app, method: str, template: str, response, expected: int) -> None:
     """Assert `response` got `expected` and keeps to what the document says of `method template`."""
     assert response.status_code == expected, (method, template, response.status_code, response.get_data(as_text=True))
-    schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
-    operation = schema[template][method.upper()]
+    operation = _loaded(app)[template][method.upper()]
     # `default` (kept for the unexpected 500) would let any status conform: the answer must be declared.
     assert str(expected) in operation.definition.raw["responses"], (method, template, expected)
     case = operation.Case()
@@ -42,6 +42,12 @@ def conforms(app, method: str, template: str, response, expected: int) -> None:
     if expected >= 400:
         body = response.get_json()
         assert body["code"] == expected and body["error"] and body["message"], body
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(app):
+    """The app's document as schemathesis reads it (once per app: it is the same for the app's life)."""
+    return schemathesis.openapi.from_wsgi("/openapi.json", app)
 
 
 @pytest.fixture
