@@ -1,19 +1,17 @@
 """The authorization matrix: every operation of the app's own OpenAPI document, called as anonymous,
 as the USER who owns the target, as another USER who owns nothing of it, and as an ADMIN, gets
 exactly the status listed here. A route added without an entry here fails this test."""
-import datetime as dt
 import time
 import uuid
 
 import pytest
 
 from tests.conftest import FACTORY_PASSWORD
-from tests.onramp.support import moonpay_event, post_webhook, signature_for, to_json
+from tests.onramp.support import dead_letter, moonpay_event, signature_for, to_json
 from wallet_api.alerts.models import AlertType
 from wallet_api.alerts.service import raise_alert
 from wallet_api.extensions import db
 from wallet_api.jobs.runner import run_job
-from wallet_api.onramp.apply_job import process_event
 
 PERSONAS = ("anonymous", "other", "user", "admin")
 OWNER_ONLY = {"anonymous": 401, "other": 404, "user": None, "admin": 404}   # None: the success status
@@ -76,20 +74,7 @@ def world(app, client, make_user, funded_wallet, make_wallet, onramp):
         db.session.remove()
     return dict(people=people, tokens=tokens, wallet=wallet, third_party=third_party, transfer=transfer,
                 onramp=onramp_id, crypto_wallet=crypto_wallet, alert=alert, run_id=run_id,
-                dlq_entry=_dead_letter(app, client, people["user"]))
-
-
-def _dead_letter(app, client, user):
-    post_webhook(client, moonpay_event(onramp_id=uuid.uuid4(), user_id=user.id, moonpay_id="mp_matrix"))
-    with app.app_context():
-        event_id = db.session.execute(db.text("SELECT id FROM webhook_events WHERE external_id = 'mp_matrix'")).scalar()
-        at = dt.datetime.now(dt.timezone.utc)
-        while process_event(event_id=event_id, now=at) != "dead_lettered":
-            at += dt.timedelta(hours=2)
-        entry = db.session.execute(db.text("SELECT id FROM dead_letter_queue WHERE event_id = :e"),
-                                   {"e": event_id}).scalar()
-        db.session.remove()
-    return entry
+                dlq_entry=dead_letter(app, client, people["user"], moonpay_id="mp_matrix"))
 
 
 def _bearer(token):

@@ -2,21 +2,18 @@
 a user, by another user and by nobody in particular (alerts, dead letters, job runs)."""
 from __future__ import annotations
 
-import datetime as dt
-import uuid
-from decimal import Decimal
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import pytest
 
 from tests.conftest import FACTORY_PASSWORD
-from tests.onramp.support import crypto_wallet, moonpay_event, onramp, post_webhook  # noqa: F401
+from tests.onramp.support import crypto_wallet, dead_letter, onramp  # noqa: F401
 from wallet_api.alerts.models import AlertType
 from wallet_api.alerts.service import raise_alert
 from wallet_api.config import RateLimits
 from wallet_api.extensions import db
 from wallet_api.jobs.runner import run_job
-from wallet_api.onramp.apply_job import process_event
 from wallet_api.wallets import service as wallets
 
 # Far above anything a bounded run sends, so the fuzzer meets the routes rather than 429s; the limits
@@ -65,7 +62,7 @@ def world(app, fuzz_app, make_user, funded_wallet, onramp):  # noqa: F811
         db.session.commit()
         run_id = run_job("webhook-retry", lambda: {})["run_id"]
         db.session.remove()
-    entry = _dead_letter(app, client, other)
+    entry = dead_letter(app, client, other, moonpay_id="mp_fuzz")
     ids = {"wallet_id": [own_usd, own_eth, others_usd, others_eth, admin_usd],
            "transfer_id": transfers, "transaction_id": [own_tx, others_tx], "entry_id": [entry],
            "alert_id": [alert_id], "run_id": [run_id], "name": list(JOB_NAMES)}
@@ -78,15 +75,3 @@ def world(app, fuzz_app, make_user, funded_wallet, onramp):  # noqa: F811
                  body_ids={persona: {k: [str(v) for v in vs] for k, vs in fields.items()}
                            for persona, fields in body_ids.items()})
 
-
-def _dead_letter(app, client, user):
-    post_webhook(client, moonpay_event(onramp_id=uuid.uuid4(), user_id=user.id, moonpay_id="mp_fuzz"))
-    with app.app_context():
-        event_id = db.session.execute(db.text("SELECT id FROM webhook_events WHERE external_id = 'mp_fuzz'")).scalar()
-        at = dt.datetime.now(dt.timezone.utc)
-        while process_event(event_id=event_id, now=at) != "dead_lettered":
-            at += dt.timedelta(hours=2)
-        entry = db.session.execute(db.text("SELECT id FROM dead_letter_queue WHERE event_id = :e"),
-                                   {"e": event_id}).scalar()
-        db.session.remove()
-    return entry

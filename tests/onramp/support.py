@@ -23,6 +23,8 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 
 from tests.conftest import (TEST_JWT_SECRET, TEST_MOONPAY_SECRET, TEST_REFRESH_SECRET, TEST_WEBHOOK_SECRET)
+from wallet_api.extensions import db
+from wallet_api.onramp.apply_job import process_event
 from wallet_api.onramp.signature import sign_webhook
 from wallet_api.queues import QUEUE_NAMES
 
@@ -95,6 +97,22 @@ def post_webhook(client, payload_or_body, *, header: str | None = "sign", t: int
 
 
 # --------------------------------------------------------------------------- fixtures
+
+
+def dead_letter(app, client, user, *, moonpay_id: str) -> uuid.UUID:
+    """A dead-letter entry: a signed completion for a purchase we never issued, processed until parked;
+    returns the entry's id."""
+    post_webhook(client, moonpay_event(onramp_id=uuid.uuid4(), user_id=user.id, moonpay_id=moonpay_id))
+    with app.app_context():
+        event_id = db.session.execute(db.text("SELECT id FROM webhook_events WHERE external_id = :m"),
+                                      {"m": moonpay_id}).scalar()
+        at = dt.datetime.now(dt.timezone.utc)
+        while process_event(event_id=event_id, now=at) != "dead_lettered":
+            at += dt.timedelta(hours=2)  # past every retry delay
+        entry = db.session.execute(db.text("SELECT id FROM dead_letter_queue WHERE event_id = :e"),
+                                   {"e": event_id}).scalar()
+        db.session.remove()
+    return entry
 
 
 def deliver_concurrently(app, body: bytes, copies: int = 5) -> list:
