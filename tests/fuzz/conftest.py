@@ -13,13 +13,13 @@ from wallet_api.alerts.models import AlertType
 from wallet_api.alerts.service import raise_alert
 from wallet_api.config import RateLimits
 from wallet_api.extensions import db
+from wallet_api.jobs.catalog import PERIODIC_JOBS
 from wallet_api.jobs.runner import run_job
 from wallet_api.wallets import service as wallets
 
 # Far above anything a bounded run sends, so the fuzzer meets the routes rather than 429s; the limits
 # themselves stay on (their keys and headers run on every request).
 RAISED = "100000/minute"
-JOB_NAMES = ("wallet-reconciliation", "provider-reconciliation", "webhook-retry")
 
 
 @pytest.fixture
@@ -65,7 +65,7 @@ def world(app, fuzz_app, make_user, funded_wallet, onramp):  # noqa: F811
     entry = dead_letter(app, client, other, moonpay_id="mp_fuzz")
     ids = {"wallet_id": [own_usd, own_eth, others_usd, others_eth, admin_usd],
            "transfer_id": transfers, "transaction_id": [own_tx, others_tx], "entry_id": [entry],
-           "alert_id": [alert_id], "run_id": [run_id], "name": list(JOB_NAMES)}
+           "alert_id": [alert_id], "run_id": [run_id], "name": [job.name for job in PERIODIC_JOBS]}
     # Body fields naming wallets, per persona, each with the ids most likely to get past validation first.
     body_ids = {"user": {"from_wallet_id": [own_usd, others_usd], "to_wallet_id": [others_usd, own_usd],
                          "wallet_id": [own_eth, others_eth, own_usd]},
