@@ -16,6 +16,7 @@ from wallet_api.errors import register_error_handlers
 from wallet_api.extensions import api, db, jwt, limiter, migrate
 from wallet_api.logging import REQUEST_ID_HEADER, configure_logging, init_request_logging
 from wallet_api.metrics import init_request_metrics
+from wallet_api.openapi import ErrorResponses
 from wallet_api.ratelimit import RATE_LIMIT_RETRY_AFTER
 from wallet_api.request_parsing import JsonProvider, read_chunked_body
 from wallet_api.security import init_security
@@ -62,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     migrate.init_app(app, db, directory=_migrations_dir())
     jwt.init_app(app)
     limiter.init_app(app)
-    api.init_app(app)
+    api.init_app(app, spec_kwargs={"extra_plugins": [ErrorResponses(app)]})
     from wallet_api import api_docs
 
     app.register_blueprint(api_docs.bp)

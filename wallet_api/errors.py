@@ -13,6 +13,7 @@ from http import HTTPStatus
 import structlog
 from flask import Flask
 from flask_smorest import Api
+from marshmallow import INCLUDE, Schema, fields
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
@@ -79,15 +80,41 @@ def envelope(status_code: int, message: str | None, *, error: str | None = None,
     return body
 
 
+class ErrorSchema(Schema):
+    """The envelope as the OpenAPI document publishes it (`Error`): what `envelope` builds."""
+
+    class Meta:
+        # Documented as open (additionalProperties: true): clients must accept members added later.
+        unknown = INCLUDE
+
+    code = fields.Integer(required=True, metadata={"description": "The HTTP status code", "example": 422})
+    status = fields.String(required=True, metadata={"description": "The HTTP reason phrase",
+                                                    "example": "Unprocessable Entity"})
+    message = fields.String(required=True, metadata={"description": "What went wrong, for a person"})
+    error = fields.String(required=True, metadata={
+        "description": "Stable machine-readable reason in snake_case, e.g. validation_error, not_found, "
+                       "invalid_token, insufficient_funds, rate_limited reasons (too_many_requests, "
+                       "account_throttled)", "example": "validation_error"})
+    errors = fields.Dict(keys=fields.String(), values=fields.Dict(), metadata={
+        "description": "Field-level messages by location (json, query), then by field: "
+                       "`{\"json\": {\"amount\": [\"...\"]}}`; a nested field or list item nests further. "
+                       "Present on validation errors (422) and on a malformed webhook (400)",
+        "example": {"json": {"amount": ["Amount must be a decimal string such as \"10.50\"."]}}})
+
+
 class WalletApi(Api):
     """flask-smorest's Api with the envelope above for every HTTPException."""
+
+    ERROR_SCHEMA = ErrorSchema
 
     def handle_http_exception(self, error: HTTPException):
         code = error.code or 500
         data = getattr(error, "data", None) or {}
         headers = dict(data.get("headers") or {})
-        errors = data.get("errors") or data.get("messages")
+        errors = _by_location(data.get("errors") or data.get("messages"))
         message = data.get("message")
+        if code == 400 and errors:  # webargs' malformed JSON; Werkzeug's description blames "the browser"
+            message = message or "Malformed request; see errors."
         if code == 422 and errors:
             message = message or "Request validation failed; see errors."
             return envelope(code, message, error="validation_error", errors=errors), code, headers
@@ -109,6 +136,14 @@ class WalletApi(Api):
             else:
                 message = "Too many requests; retry after the time in the Retry-After header."
         return envelope(code, message, error=error_name, errors=errors), code, headers
+
+
+def _by_location(errors: dict | None) -> dict | None:
+    """`errors` as {location: {field: messages}}: a message list given for a whole location (webargs'
+    "Invalid JSON body.") goes under `_schema`, marshmallow's name for errors of no one field."""
+    if not isinstance(errors, dict):
+        return errors
+    return {location: {"_schema": found} if isinstance(found, list) else found for location, found in errors.items()}
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -11,6 +11,7 @@ Route modules build their blueprints with this module's `Blueprint`.
 """
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 
@@ -18,7 +19,7 @@ import flask_smorest
 from flask import current_app, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import RequestEntityTooLarge
-from marshmallow import ValidationError
+from marshmallow import ValidationError, fields
 from webargs.flaskparser import FlaskParser
 
 REFUSED = "Text may not contain NUL characters or unpaired UTF-16 surrogates."
@@ -27,6 +28,14 @@ REFUSED = "Text may not contain NUL characters or unpaired UTF-16 surrogates."
 def unstorable_text(value: str) -> bool:
     """True when `value` holds a NUL or a lone surrogate."""
     return "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value)
+
+
+def storable(value: str) -> str:
+    """`value` with each NUL and lone surrogate replaced by U+FFFD: for recording what a client sent (logs of
+    refused requests), never for accepting it."""
+    if not unstorable_text(value):
+        return value
+    return "".join("\ufffd" if ch == "\x00" or "\ud800" <= ch <= "\udfff" else ch for ch in value)
 
 
 def unstorable_fields(data, path: str = "") -> dict[str, list[str]]:
@@ -46,6 +55,19 @@ def unstorable_fields(data, path: str = "") -> dict[str, list[str]]:
         for index, value in enumerate(data):
             found.update(unstorable_fields(value, f"{path}.{index}" if path else str(index)))
     return found
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """An ISO 8601 timestamp with a time zone, read as UTC. Python takes offsets up to +-24 h, PostgreSQL
+    up to +-15:59: an offset PostgreSQL refuses (or an instant beyond year 1..9999 in UTC) is a 422 here,
+    not a database error."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(dt.timezone.utc)
+        except OverflowError:
+            raise ValidationError("Timestamp out of range.") from None
 
 
 class StrictParser(FlaskParser):

@@ -26,10 +26,14 @@ def test_too_large_body_is_a_413_envelope(make_settings_app):
     assert_envelope(res, 413)
 
 
-def test_invalid_json_is_a_client_error_envelope(client):
+def test_invalid_json_is_a_400_envelope_with_field_errors_by_location(client):
     res = client.post("/auth/register", data="{not json", content_type="application/json")
-    assert res.status_code in (400, 422)
-    assert_envelope(res, res.status_code)
+    assert res.status_code == 400
+    assert_envelope(res, 400)
+    # {location: {field: messages}} like every other error: a message for the whole body goes under _schema.
+    body = res.get_json()
+    assert body["errors"] == {"json": {"_schema": ["Invalid JSON body."]}}
+    assert body["message"] == "Malformed request; see errors."
 
 
 @pytest.fixture

@@ -81,3 +81,28 @@ def test_deeply_nested_json_to_an_admin_route_is_refused_not_a_crash(client, adm
 def test_limit_takes_ascii_digits_only(client, user, auth_headers):
     res = client.get("/onramp/transactions", query_string={"limit": "١٠"}, headers=auth_headers(user))
     assert res.status_code == 422 and "limit" in res.get_json()["errors"]["query"]
+
+
+def test_admin_requests_carrying_text_no_column_can_hold_are_still_recorded(client, admin, auth_headers, books):
+    # Found by fuzzing: the access log's INSERT failed (NUL in JSONB, a 300-character target), so the
+    # refused request went unrecorded. Recorded now, with U+FFFD for what PostgreSQL cannot hold.
+    headers = {**auth_headers(admin), "User-Agent": "agent\u0000x"}
+    assert client.get("/admin/alerts/unresolved", query_string={"cursor": NUL}, headers=headers).status_code == 422
+    assert client.get("/admin/jobs/a%00b/runs", headers=headers).status_code == 404
+    assert client.get("/admin/jobs/" + "x" * 300 + "/runs", headers=headers).status_code == 404
+    rows = books.read("SELECT path, target_id, metadata, user_agent, status_code FROM admin_access_log "
+                      "ORDER BY created_at")
+    assert [r["status_code"] for r in rows] == [422, 404, 404]
+    assert rows[0]["metadata"]["query"]["cursor"] == "a\ufffdb" and rows[0]["user_agent"] == "agent\ufffdx"
+    assert rows[1]["path"] == "/admin/jobs/a\ufffdb/runs" and rows[1]["target_id"] == "a\ufffdb"
+    assert rows[2]["target_id"] == "x" * 255
+
+
+def test_a_time_zone_offset_postgresql_refuses_is_read_as_utc_not_a_500(client, admin, auth_headers):
+    # Found by fuzzing: Python accepts offsets up to 24 h, PostgreSQL only up to 15:59 (a DataError, 500).
+    headers = auth_headers(admin)
+    res = client.get("/admin/access-log", query_string={"since": "2020-04-30T05:08:44+22:26"}, headers=headers)
+    assert res.status_code == 200, res.get_data(as_text=True)
+    for beyond in ("0001-01-01T00:00:00+10:00", "9999-12-31T23:00:00-10:00"):
+        res = client.get("/admin/access-log", query_string={"since": beyond}, headers=headers)
+        assert res.status_code == 422 and "since" in res.get_json()["errors"]["query"]

@@ -30,6 +30,7 @@ from wallet_api.admin.models import AdminAccessLog
 from wallet_api.extensions import db
 from wallet_api.log_sanitiser import REDACTED, looks_secret
 from wallet_api.pagination import Page, keyset_page
+from wallet_api.request_parsing import storable
 
 log = structlog.get_logger(__name__)
 
@@ -54,10 +55,12 @@ class Access:
     recorded: list[uuid.UUID] = field(default_factory=list)
 
     def record(self, status_code: int, **extra) -> AdminAccessLog:
+        # A refused request is recorded as sent, except for what PostgreSQL cannot hold (NUL, lone surrogates).
         return AdminAccessLog(
             id=uuid.uuid4(), actor_id=self.actor_id, actor_role=self.actor_role, action=self.action,
-            method=self.method, path=self.path[:2000], target_id=self.target_id, meta={**self.meta, **extra},
-            ip=self.ip, user_agent=self.user_agent, request_id=self.request_id, status_code=status_code)
+            method=self.method, path=storable(self.path[:2000]), target_id=_storable_or_none(self.target_id, 255),
+            meta={**self.meta, **extra}, ip=self.ip, user_agent=_storable_or_none(self.user_agent, 255),
+            request_id=self.request_id, status_code=status_code)
 
 
 def open_access() -> None:
@@ -75,7 +78,7 @@ def open_access() -> None:
         action=request.endpoint or "unknown", method=request.method, path=request.path,
         target_id=str(next(iter(view_args.values()))) if view_args else None,
         meta=_sanitised_arguments(), ip=request.remote_addr,
-        user_agent=(request.user_agent.string or "")[:255] or None, request_id=g.get("request_id"),
+        user_agent=request.user_agent.string or None, request_id=g.get("request_id"),
         expected_status=_success_status(), actor_id=actor_id, actor_role=actor_role)
 
 
@@ -160,15 +163,19 @@ def _sanitised_arguments() -> dict:
 def _clean(values: dict) -> dict:
     cleaned = {}
     for key, value in values.items():
-        key = str(key)[:64]
+        key = storable(str(key)[:64])
         if looks_secret(key):
             cleaned[key] = REDACTED
         elif isinstance(value, (dict, list)):
             cleaned[key] = "[structure]"
         else:
-            text = str(value)
+            text = storable(str(value))
             cleaned[key] = text if len(text) <= MAX_VALUE_LENGTH else text[:MAX_VALUE_LENGTH] + "..."
     return cleaned
+
+
+def _storable_or_none(value: str | None, length: int) -> str | None:
+    return storable(value)[:length] if value is not None else None
 
 
 def list_records(*, actor_id: uuid.UUID | None, action: str | None, target_id: str | None, since: dt.datetime | None,

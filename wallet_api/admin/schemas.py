@@ -1,24 +1,20 @@
 """Request and response shapes of the admin API."""
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, fields, validate
 
 from wallet_api.alerts.models import AlertType, Severity
 from wallet_api.jobs.models import RunStatus, Trigger
 from wallet_api.onramp.models import DlqResolution
 from wallet_api.pagination import PageQuerySchema, page_schema
-from wallet_api.wallets.schemas import MoneyField
+from wallet_api.request_parsing import UtcDateTime
+from wallet_api.wallets.schemas import NOT_BLANK_PATTERN, MoneyField, not_blank
 
 MAX_NOTE_LENGTH = 2000
 
 
-def not_blank(value: str) -> None:
-    if not value.strip():
-        raise ValidationError("Must not be blank.")
-
-
 def note_field(description: str) -> fields.String:
     """A required human note: 1..2000 characters, not only whitespace."""
-    return fields.String(required=True, validate=[validate.Length(min=1, max=MAX_NOTE_LENGTH), not_blank],
-                         metadata={"description": description})
+    return fields.String(required=True, validate=[validate.Length(min=1, max=MAX_NOTE_LENGTH), not_blank()],
+                         metadata={"description": description, "pattern": NOT_BLANK_PATTERN})
 
 
 class DlqQuerySchema(PageQuerySchema):
@@ -153,7 +149,7 @@ class AccessLogQuerySchema(PageQuerySchema):
                            metadata={"description": "The route's name, e.g. admin.ResolveAlert"})
     target = fields.String(load_default=None, validate=validate.Length(min=1, max=255),
                            metadata={"description": "The id in the path (wallet, alert, entry, job...)"})
-    since = fields.AwareDateTime(load_default=None, metadata={"description": "ISO 8601 with a time zone"})
+    since = UtcDateTime(load_default=None, metadata={"description": "ISO 8601 with a time zone"})
 
 
 class AccessLogSchema(Schema):

@@ -77,6 +77,7 @@ class Me(MethodView):
     decorators = [jwt_required()]
 
     @blp.response(200, UserSchema)
+    @blp.alt_response(404, description="The token's user no longer exists")
     @blp.doc(security=[{"bearerAuth": []}])
     def get(self):
         """The authenticated user"""

@@ -53,4 +53,5 @@ def admin_required(fn):
             raise Forbidden("Administrator role required.")
         return fn(*args, **kwargs)
 
+    wrapper.required_role = "ADMIN"  # the OpenAPI document declares 403 from it (wallet_api/openapi.py)
     return wrapper

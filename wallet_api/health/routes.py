@@ -39,6 +39,8 @@ class ReadySchema(Schema):
 
 @blp.route("/health")
 class Health(MethodView):
+    answers_without_dependencies = True  # never a 503 (see wallet_api/openapi.py)
+
     @blp.response(200, HealthSchema)
     def get(self):
         """Liveness: 200 whenever the process serves requests; touches no dependency"""

@@ -5,6 +5,8 @@ size; the currency's precision needs the wallet, so the service checks it (amoun
 Responses format amounts at the currency's precision through `MoneyField` (never a float, never
 exponent notation).
 """
+import re
+
 from marshmallow import Schema, ValidationError, fields, validate
 from marshmallow.utils import get_value
 
@@ -14,6 +16,20 @@ from wallet_api.wallets.currencies import MAX_AMOUNT, SUPPORTED
 
 MAX_REFERENCE_LENGTH = 255
 MAX_REASON_LENGTH = 500
+# One character that is not whitespace as Python sees it (str.isspace), spelled so that ECMA-262 (the
+# dialect of OpenAPI's `pattern`) reads the same set: "contains a non-blank character" in both.
+NOT_BLANK_PATTERN = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
+
+
+def not_blank(error: str = "Must not be blank."):
+    """A validator refusing text that is empty or only whitespace; document it with NOT_BLANK_PATTERN."""
+
+    def validate(value: str) -> None:
+        if not _NOT_BLANK.search(value):
+            raise ValidationError(error)
+
+    return validate
 
 
 class AmountField(fields.Field):
@@ -108,10 +124,10 @@ class TransferSchema(Schema):
 
 class AdjustmentCreateSchema(Schema):
     amount = AmountField(required=True)
-    reason = fields.String(required=True, validate=[
+    reason = fields.String(required=True, metadata={"pattern": NOT_BLANK_PATTERN}, validate=[
         validate.Length(min=1, max=MAX_REASON_LENGTH,
                         error=f"reason must be 1 to {MAX_REASON_LENGTH} characters."),
-        validate.Regexp(r"(?s).*\S", error="reason must not be blank.")])
+        not_blank("reason must not be blank.")])
 
 
 class AdjustmentSchema(Schema):
