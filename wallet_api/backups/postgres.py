@@ -92,9 +92,14 @@ def _as_url(conninfo: str) -> str:
     if "://" in conninfo:
         return conninfo
     params = parse_dsn(conninfo)
-    query = {k: v for k, v in params.items() if k not in ("user", "password", "host", "port", "dbname")}
+    # A Unix-socket directory (host=/run/postgresql) cannot stand in a URL's authority: it goes in the
+    # query, where libpq reads it too.
+    socket_dir = (params.get("host") or "").startswith("/")
+    query = {k: v for k, v in params.items()
+             if k not in ("user", "password", "port", "dbname") and (k != "host" or socket_dir)}
     return URL.create("postgresql+psycopg2", username=params.get("user"), password=params.get("password"),
-                      host=params.get("host"), port=int(params["port"]) if params.get("port") else None,
+                      host=None if socket_dir else params.get("host"),
+                      port=int(params["port"]) if params.get("port") else None,
                       database=params.get("dbname"), query=query).render_as_string(hide_password=False)
 
 
