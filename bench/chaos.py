@@ -267,6 +267,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _named_owner(application_name: str | None, candidates: list[int]) -> int | None:
+    """Which of `candidates` opened a connection, from the app's application_name ("wallet_api pid=N")."""
+    _, _, pid = (application_name or "").partition(" pid=")
+    return int(pid) if pid.isdigit() and int(pid) in candidates else None
+
+
 def _socket_owner(port: int, candidates: list[int]) -> int | None:
     """Which of `candidates` holds the local TCP socket on `port` (a PostgreSQL backend's client)."""
     inodes = set()
@@ -852,11 +858,14 @@ class Injector:
         """(worker pid, backend pid) of a drain waiting for our lock, found by its backend's client socket."""
         with monitor.cursor() as cur:
             # pg_stat_activity is a snapshot per transaction: autocommit sees a fresh one every time.
-            cur.execute("SELECT pid, client_port FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND %s = ANY(pg_blocking_pids(pid)) AND client_port IS NOT NULL", (lock_pid,))
+            cur.execute("SELECT pid, client_port, application_name FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND %s = ANY(pg_blocking_pids(pid))", (lock_pid,))
             rows = cur.fetchall()
-        for backend, port in rows:
-            owner = _socket_owner(port, self.platform.worker_processes())
+        workers = self.platform.worker_processes()
+        for backend, port, name in rows:
+            # Over TCP the client's socket names its process; over a Unix socket (client_port -1, e.g.
+            # the embedded server) only the app's application_name "wallet_api pid=N" does.
+            owner = _socket_owner(port, workers) if port and port > 0 else _named_owner(name, workers)
             if owner is not None:
                 return owner, backend
         return None

@@ -11,7 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from wallet_api import metrics_export
 from wallet_api.client_address import IpAllowlist, TrustedProxyClientAddress
 from wallet_api.config import Settings, load_settings
-from wallet_api.database import check_on_checkout
+from wallet_api.database import check_on_checkout, name_connections
 from wallet_api.errors import register_error_handlers
 from wallet_api.extensions import api, db, jwt, limiter, migrate
 from wallet_api.logging import REQUEST_ID_HEADER, configure_logging, init_request_logging
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     with app.app_context():
         for engine in db.engines.values():
             check_on_checkout(engine)
+            name_connections(engine, "wallet_api")
     migrate.init_app(app, db, directory=_migrations_dir())
     jwt.init_app(app)
     limiter.init_app(app)
@@ -108,7 +109,6 @@ def _flask_config(settings: Settings) -> dict:
             "hide_parameters": True,
             "connect_args": {
                 "options": f"-c statement_timeout={settings.statement_timeout_ms}",
-                "application_name": "wallet_api",
             },
         },
         "JWT_SECRET_KEY": settings.jwt_secret,

@@ -23,6 +23,7 @@ what would have been a 503 into a successful request.
 """
 from __future__ import annotations
 
+import os
 import select
 
 import structlog
@@ -51,6 +52,16 @@ def check_on_checkout(engine: Engine) -> None:
             log.warning("database_connection_replaced", reason=reason)
             # The pool discards this connection and checks out (or opens) another one.
             raise DisconnectionError("pooled connection is closed") from exc
+
+
+def name_connections(engine: Engine, name: str) -> None:
+    """Every connection says which process opened it (`application_name` "wallet_api pid=1234" in
+    pg_stat_activity): the process a backend serves is otherwise unknown when it connects over a
+    Unix socket, and an operator looking at locks wants to know which worker holds them."""
+
+    @event.listens_for(engine, "do_connect")
+    def _name(_dialect, _record, _cargs, cparams):
+        cparams["application_name"] = f"{name} pid={os.getpid()}"
 
 
 def lost_before_commit(exc: BaseException) -> bool:

@@ -22,7 +22,7 @@ def terminate(settings):
         with admin.cursor() as cur:
             cur.execute("""SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity
                            WHERE datname = current_database() AND pid <> pg_backend_pid()
-                             AND application_name = 'wallet_api' AND (%(pid)s IS NULL OR pid = %(pid)s)""",
+                             AND application_name LIKE 'wallet_api pid=%%' AND (%(pid)s IS NULL OR pid = %(pid)s)""",
                         {"pid": pid})
             return cur.fetchone()[0]
 
@@ -113,3 +113,18 @@ def test_the_pool_replaces_connections_the_server_closed_while_they_were_idle(ap
     # A bare engine connection has no retry: only the checkout's liveness check can save it.
     with db.engine.connect() as conn:
         assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() not in pids
+
+
+def test_each_connection_names_the_process_that_opened_it(app):
+    import os
+
+    from sqlalchemy import text
+
+    from wallet_api.extensions import db
+
+    with app.app_context():
+        db.engine.dispose()  # a connection opened by this process now
+        name = db.session.execute(text(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()")).scalar_one()
+        db.session.rollback()
+    assert name == f"wallet_api pid={os.getpid()}"
