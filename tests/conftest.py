@@ -45,6 +45,18 @@ class Services:
     redis_url: str
 
 
+def write_around_triggers(database_url: str, sql: str, **params) -> None:
+    """Run `sql` with triggers switched off (session_replication_role = replica), as only a database
+    owner or superuser could: how tests plant the corruption reconciliation and restores must catch."""
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SET LOCAL session_replication_role = replica")
+            cur.execute(sql, params)
+    finally:
+        conn.close()
+
+
 @pytest.fixture(scope="session")
 def services():
     admin_url, redis_url = resolve_test_services()

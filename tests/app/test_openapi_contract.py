@@ -11,19 +11,11 @@ import uuid
 import pytest
 import regress
 import schemathesis
-from schemathesis.checks import (
-    content_type_conformance,
-    not_a_server_error,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from tests.conftest import FACTORY_PASSWORD
+from tests.fuzz.checks import CHECKS, not_a_server_error
 from wallet_api.config import RateLimits
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          response_headers_conformance]
 NOWHERE = str(uuid.UUID(int=1))
 
 

@@ -16,6 +16,7 @@ import psycopg2
 import pytest
 from moto.server import ThreadedMotoServer
 
+from tests.conftest import write_around_triggers
 from wallet_api.backups import postgres
 from wallet_api.backups.crypto import generate_key
 from wallet_api.extensions import db
@@ -115,16 +116,7 @@ def corrupt(operator):
     """corrupt(sql, **params): write around the service and the ledger's triggers, as only a database
     owner with triggers switched off could (what a restore's verification exists to catch)."""
 
-    def run(sql: str, **params):
-        conn = psycopg2.connect(operator.database_url)
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute("SET LOCAL session_replication_role = replica")
-                cur.execute(sql, params)
-        finally:
-            conn.close()
-
-    return run
+    return lambda sql, **params: write_around_triggers(operator.database_url, sql, **params)
 
 
 @pytest.fixture

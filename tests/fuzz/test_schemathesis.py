@@ -18,16 +18,9 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from schemathesis.checks import (
-    content_type_conformance,
-    not_a_server_error,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          response_headers_conformance]
+from tests.fuzz.checks import CHECKS
+
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 # Argon2 on purpose: every login (unknown emails too, so timing reveals nothing) and every account
 # registered costs about a second here, so these get a tenth of the examples (at least 3).
