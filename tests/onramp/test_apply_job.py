@@ -244,3 +244,55 @@ def test_an_unexpected_bug_is_recorded_so_it_ends_with_a_human(purchase, deliver
     monkeypatch.setattr(apply_job, "_apply", lambda **kwargs: {}["missing"])
     assert process(event_id) == "retry_scheduled"
     assert books.event(event_id)["last_error"] == "unexpected error: KeyError: 'missing'"
+
+
+def test_a_failure_after_the_credit_was_written_rolls_the_credit_back(purchase, deliver, process, books,
+                                                                       monkeypatch, caplog):
+    from wallet_api.onramp import apply_job
+
+    real_credit = apply_job.ledger.credit
+
+    def credit_then_fail(**kwargs):
+        real_credit(**kwargs)  # written to the database, not committed
+        raise apply_job.ProcessingError("refused after the credit")
+
+    monkeypatch.setattr(apply_job.ledger, "credit", credit_then_fail)
+    event_id = deliver(event_for(purchase))
+    assert process(event_id) == "retry_scheduled"
+    event = books.event(event_id)
+    assert (event["status"], event["attempts"], event["last_error"]) == \
+        ("retry_scheduled", 1, "refused after the credit")
+    assert books.credits(purchase["wallet_id"]) == 0 and books.balance(purchase["wallet_id"]) == 0
+    assert books.onramp(purchase["onramp_id"])["status"] == "pending"
+    assert books.unbalanced_transactions() == 0
+    # The credit's audit line waits for a commit that never came.
+    assert not any("money_moved" in record.getMessage() for record in caplog.records)
+
+    monkeypatch.undo()
+    assert process(event_id) == "credited"  # the retry credits once
+    assert books.credits(purchase["wallet_id"]) == 1
+
+
+def test_a_failed_attempt_is_not_recorded_over_an_event_someone_moved_on_meanwhile(
+        purchase, deliver, process, books, monkeypatch, services):
+    """The failure is recorded in a new transaction, after the rollback let go of the event's lock:
+    if another worker applied the event in between, this attempt is dropped, not counted."""
+    from tests.conftest import write_around_triggers
+    from wallet_api.onramp import apply_job
+
+    event_id = deliver(event_for(purchase))
+    real_lock = apply_job._lock
+    calls = []
+
+    def lock(statement, **params):
+        calls.append(statement)
+        if len(calls) == 2:  # relocking to record the failure: another worker got there first
+            write_around_triggers(services.superuser_url, "UPDATE webhook_events SET status = 'processed', "
+                                  "attempts = 1, outcome = 'credited', processed_at = now() WHERE id = %(id)s", id=event_id)
+        return real_lock(statement, **params)
+
+    monkeypatch.setattr(apply_job, "_lock", lock)
+    monkeypatch.setattr(apply_job, "_apply", lambda **kwargs: {}["missing"])
+    assert process(event_id) == "already_processed"
+    event = books.event(event_id)
+    assert (event["status"], event["attempts"], event["last_error"]) == ("processed", 1, None)

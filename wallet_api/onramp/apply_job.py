@@ -3,11 +3,14 @@
 See the pipeline's design overview in `wallet_api/onramp/__init__.py`. In short: one database
 transaction locks the event row, then the on-ramp transaction row, applies the forward-only
 status change (crediting through `ledger.credit` for `completed`), and marks the event
-processed; a failure rolls back to a savepoint and is recorded on the event instead.
+processed. A failure rolls the whole transaction back and is recorded on the event in a new one,
+after locking the event again and finding it as it was (no savepoints: they cost two round trips
+per event on the path every event takes, for the rare one that fails).
 """
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 import uuid
 from collections.abc import Callable
@@ -19,7 +22,7 @@ from flask import current_app
 from rq.exceptions import ShutDownImminentException
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
-from sqlalchemy import select, text
+from sqlalchemy import Row, bindparam, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from structlog.contextvars import bind_contextvars
 
@@ -31,7 +34,7 @@ from wallet_api.extensions import db
 from wallet_api.logging import scoped_context
 from wallet_api.metrics import record_webhook, timed
 from wallet_api.onramp import moonpay
-from wallet_api.onramp.credit_spike import PLATFORM_CHECK_EVERY_SECONDS, find_credit_spikes
+from wallet_api.onramp.credit_spike import PLATFORM_CHECK_EVERY_SECONDS, USER_CHECK_EVERY_SECONDS, find_credit_spikes
 from wallet_api.onramp.dead_letters import dead_letter
 from wallet_api.onramp.drain_queue import drain_started, request_drain_now
 from wallet_api.onramp.models import EventStatus, OnrampStatus, OnrampTransaction, WebhookEvent
@@ -56,7 +59,7 @@ class ProcessingError(Exception):
 
 def process_event(*, event_id: uuid.UUID, now: dt.datetime | None = None) -> str:
     """Apply one stored event, by id, in one transaction; return the outcome (idempotent)."""
-    event = _lock(select(WebhookEvent).where(WebhookEvent.id == event_id).with_for_update())
+    event = _lock(_BY_ID, id=event_id)
     if event is None:
         db.session.rollback()
         log.warning("webhook_event_missing", event_id=str(event_id))
@@ -67,18 +70,30 @@ def process_event(*, event_id: uuid.UUID, now: dt.datetime | None = None) -> str
         db.session.rollback()
         record_webhook(provider=PROVIDER, stage="process", outcome=f"already_{status}")
         return f"already_{status}"
-    return _process_locked(event, now=now or utcnow())
+    now = now or utcnow()
+    outcome, credited_user = _process_locked(event, now=now)
+    if credited_user is not None:
+        _check_credit_spikes(user_ids={credited_user}, now=now)
+    return outcome
 
 
-def process_next_pending(*, now: dt.datetime | None = None) -> str | None:
+def process_next_pending(*, now: dt.datetime | None = None,
+                         credited_users: set[uuid.UUID] | None = None) -> str | None:
     """Claim the oldest pending event that no one else is applying (SKIP LOCKED) and apply it in one
-    transaction; None when there is none."""
-    event = _lock(select(WebhookEvent).where(WebhookEvent.status == EventStatus.PENDING)
-                  .order_by(WebhookEvent.enqueued_at).limit(1).with_for_update(skip_locked=True))
+    transaction; None when there is none. A credited user is added to `credited_users` for the
+    caller to check for credit spikes, or checked at once without it."""
+    event = _lock(_NEXT_PENDING)
     if event is None:
         db.session.rollback()
         return None
-    return _process_locked(event, now=now or utcnow())
+    now = now or utcnow()
+    outcome, credited_user = _process_locked(event, now=now)
+    if credited_user is not None:
+        if credited_users is None:
+            _check_credit_spikes(user_ids={credited_user}, now=now)
+        else:
+            credited_users.add(credited_user)
+    return outcome
 
 
 @dataclass(frozen=True)
@@ -90,16 +105,26 @@ class DrainResult:
 def drain_pending(*, budget_seconds: float, should_stop: Callable[[], bool]) -> DrainResult:
     """The drain job: apply pending events, one transaction each, until none is left, `budget_seconds`
     have passed or the worker is shutting down. A backlog asks for another drain at once, so idle
-    workers join in; work left over asks for the next one (see drain_queue.py)."""
+    workers join in; work left over asks for the next one (see drain_queue.py). The users it
+    credited are checked for credit spikes together, every USER_CHECK_EVERY_SECONDS and at the end
+    (a drain killed in between leaves them to the wallet reconciliation job's check)."""
     drain_started()
     if _pending_at_least(2):
         request_drain_now()  # more than this drain's next event waits: let another worker join now
     deadline = time.monotonic() + budget_seconds
     processed = 0
+    credited: set[uuid.UUID] = set()
+    next_check = time.monotonic() + USER_CHECK_EVERY_SECONDS
     while not should_stop() and time.monotonic() < deadline:
-        if process_next_pending() is None:
+        if process_next_pending(credited_users=credited) is None:
+            _check_credit_spikes(user_ids=credited)
             return DrainResult(processed=processed, more_left=False)
         processed += 1
+        if credited and time.monotonic() >= next_check:
+            _check_credit_spikes(user_ids=credited)
+            credited.clear()
+            next_check = time.monotonic() + USER_CHECK_EVERY_SECONDS
+    _check_credit_spikes(user_ids=credited)
     request_drain_now()
     return DrainResult(processed=processed, more_left=True)
 
@@ -112,48 +137,94 @@ def _pending_at_least(count: int) -> bool:
     return found >= count
 
 
-def _lock(query) -> WebhookEvent | None:
-    """The event row of `query`, locked, read fresh, with our lock timeout set for this transaction."""
-    # A worker that died mid-job must not leave its backend holding our locks for long.
+# One round trip: our lock timeout for this transaction (a worker that died mid-job must not leave
+# its backend holding our locks for long), then the event row, locked. psycopg2 sends both as one
+# query and returns the rows of the last.
+_EVENT_COLUMNS = ", ".join(column.name for column in WebhookEvent.__table__.columns)
+_SET_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', :lock_timeout, true);"
+_BY_ID = (select(WebhookEvent).execution_options(populate_existing=True).from_statement(
+    text(f"{_SET_LOCK_TIMEOUT} SELECT {_EVENT_COLUMNS} FROM webhook_events WHERE id = :id FOR UPDATE")))
+# The path every event takes reads plain rows and writes with Core statements: the ORM's loading
+# and unit of work cost more Python than the statements cost the database.
+_NEXT_PENDING = text(f"""{_SET_LOCK_TIMEOUT} SELECT {_EVENT_COLUMNS} FROM webhook_events
+    WHERE status = 'pending' ORDER BY enqueued_at LIMIT 1 FOR UPDATE SKIP LOCKED""")
+_events, _onramps = WebhookEvent.__table__, OnrampTransaction.__table__
+_ONRAMP_FOR_UPDATE = select(_onramps).where(_onramps.c.id == bindparam("id")).with_for_update()
+_MARK_PROCESSED = update(_events).where(_events.c.id == bindparam("event_id")).values(
+    status=EventStatus.PROCESSED, outcome=bindparam("event_outcome"), attempts=bindparam("event_attempts"),
+    last_attempt_at=bindparam("now"), processed_at=bindparam("now"), next_attempt_at=None)
+
+
+def _lock(statement, **params):
+    """The event row of `statement` (an ORM object, or a plain row for a text statement), locked and
+    read fresh, with our lock timeout set for this transaction."""
     timeout_ms = int(current_app.config["SETTINGS"].ledger_lock_timeout_ms)
-    db.session.execute(text(f"SET LOCAL lock_timeout = {timeout_ms}"))
-    return db.session.execute(query.execution_options(populate_existing=True)).scalar_one_or_none()
+    result = db.session.execute(statement, {"lock_timeout": f"{timeout_ms}ms", **params})
+    return result.scalar_one_or_none() if statement is _BY_ID else result.one_or_none()
 
 
-def _process_locked(event: WebhookEvent, *, now: dt.datetime) -> str:
-    """Apply a locked, unprocessed event and commit: processed, or a failure recorded for a retry."""
+@functools.cache
+def _finish_statement(onramp_columns: tuple[str, ...]):
+    """Mark the event processed and, in the same statement, write the on-ramp row's changed columns."""
+    if not onramp_columns:
+        return _MARK_PROCESSED
+    changes = update(_onramps).where(_onramps.c.id == bindparam("onramp_id")).values(
+        {column: bindparam(f"onramp_{column}") for column in onramp_columns})
+    return _MARK_PROCESSED.add_cte(changes.cte("onramp_changes"))
+
+
+def _finish(*, event_id: uuid.UUID, outcome: str, attempts: int, now: dt.datetime, onramp_id: uuid.UUID,
+            changes: dict) -> None:
+    columns = tuple(sorted(changes))
+    db.session.connection().execute(_finish_statement(columns), {
+        "event_id": event_id, "event_outcome": outcome, "event_attempts": attempts, "now": now,
+        "onramp_id": onramp_id, **{f"onramp_{column}": changes[column] for column in columns}})
+
+
+def _process_locked(event, *, now: dt.datetime) -> tuple[str, uuid.UUID | None]:
+    """Apply a locked, unprocessed event (read only: an ORM object or a row) and commit: processed,
+    or a failure recorded for a retry. Returns the outcome and the user credited, if any."""
     settings = current_app.config["SETTINGS"]
     session = db.session
     # Every line about this event names it; nothing bound while applying it outlives it.
     with timed() as elapsed, scoped_context(provider_event_id=str(event.id), external_id=event.external_id):
-        # Counted after the savepoint, in the event's one UPDATE: begin_nested flushes pending changes,
-        # so counting first would cost a round trip of its own. A crash rolls either back the same.
+        event_id, seen = event.id, (event.status, event.attempts)
         attempt = event.attempts + 1
         log_context = dict(event_id=str(event.id), external_status=event.external_status, attempt=attempt)
         credited_user = None
         try:
-            with session.begin_nested():
-                outcome, onramp = _apply(event=event, now=now)
-                credited_user = onramp.user_id if outcome == "credited" else None
+            outcome, onramp, changes = _apply(event=event, now=now)
+            credited_user = onramp.user_id if outcome == "credited" else None
+            _finish(event_id=event_id, outcome=outcome, attempts=attempt, now=now, onramp_id=onramp.id,
+                    changes=changes)
+            session.commit()
         except Exception as exc:  # noqa: BLE001 - every failure is recorded, so a bug ends in the DLQ too
             if isinstance(exc, _INTERRUPTIONS) or getattr(exc, "connection_invalidated", False):
                 raise  # not the event's fault: roll everything back and let RQ run the job again
+            session.rollback()
+            credited_user = None
             reason = _describe(exc)
-            event.attempts, event.last_attempt_at = attempt, now
-            outcome = _record_failure(event=event, reason=reason, now=now, settings=settings)
-            session.commit()
+            outcome = _record_failure_again(event_id=event_id, seen=seen, attempt=attempt, reason=reason,
+                                            now=now, settings=settings)
             log.warning("webhook_processing_failed", outcome=outcome, reason=reason, **log_context)
         else:
-            event.attempts, event.last_attempt_at = attempt, now
-            event.status = EventStatus.PROCESSED
-            event.outcome = outcome
-            event.processed_at = now
-            event.next_attempt_at = None
-            session.commit()
             log.info("webhook_processed", outcome=outcome, **log_context)
         record_webhook(provider=PROVIDER, stage="process", outcome=outcome, duration_s=elapsed())
-    if credited_user is not None:
-        _check_credit_spikes(user_id=credited_user, now=now)
+    return outcome, credited_user
+
+
+def _record_failure_again(*, event_id: uuid.UUID, seen: tuple[str, int], attempt: int, reason: str,
+                          now: dt.datetime, settings) -> str:
+    """After the failed attempt was rolled back: lock the event again and record the failure, unless
+    someone else moved it on meanwhile (then this attempt never happened)."""
+    event = _lock(_BY_ID, id=event_id)
+    if event is None or (event.status, event.attempts) != seen:
+        status = event.status if event is not None else "missing"
+        db.session.rollback()
+        return f"already_{status}"
+    event.attempts, event.last_attempt_at = attempt, now
+    outcome = _record_failure(event=event, reason=reason, now=now, settings=settings)
+    db.session.commit()
     return outcome
 
 
@@ -166,20 +237,22 @@ def _platform_check_due() -> bool:
         return True
 
 
-def _check_credit_spikes(*, user_id: uuid.UUID, now: dt.datetime) -> None:
-    """After the credit's own commit: a failing check must never undo or retry a credit."""
+def _check_credit_spikes(*, user_ids: set[uuid.UUID], now: dt.datetime | None = None) -> None:
+    """After the credits' own commits: a failing check must never undo or retry a credit."""
+    if not user_ids:
+        return
     try:
         # Nearly every check finds nothing: read outside a transaction (no BEGIN, no COMMIT on the
         # worker's hot path) and open one only to raise what was found.
         db.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-        specs = find_credit_spikes(user_id=user_id, now=now, platform=_platform_check_due())
+        specs = find_credit_spikes(user_ids=user_ids, now=now or utcnow(), platform=_platform_check_due())
         db.session.commit()
         if specs:
             raise_alerts(specs)
             db.session.commit()
     except Exception:  # noqa: BLE001 - the wallet reconciliation job checks again
         db.session.rollback()
-        log.exception("credit_spike_check_failed", user_id=str(user_id))
+        log.exception("credit_spike_check_failed", user_ids=sorted(str(user) for user in user_ids))
 
 
 def _describe(exc: Exception) -> str:
@@ -219,7 +292,9 @@ def _record_failure(*, event: WebhookEvent, reason: str, now: dt.datetime, setti
 # --------------------------------------------------------------------------- applying
 
 
-def _apply(*, event: WebhookEvent, now: dt.datetime) -> tuple[str, OnrampTransaction]:
+def _apply(*, event, now: dt.datetime) -> tuple[str, Row, dict]:
+    """Check the event against its locked on-ramp transaction and apply it: the outcome, the on-ramp
+    row as it was, and the columns of that row to change (written by `_finish`)."""
     payload = moonpay.load_payload(event.payload)
     tx = MoonPayTransaction.from_payload(payload["data"])
     new_status = moonpay.STATUS.get(tx.status)
@@ -240,50 +315,46 @@ def _apply(*, event: WebhookEvent, now: dt.datetime) -> tuple[str, OnrampTransac
     current = onramp.status
     if current in OnrampStatus.TERMINAL:
         if new_status == current:
-            return f"already_{current}", onramp
+            return f"already_{current}", onramp, {}
         if new_status not in OnrampStatus.TERMINAL:
-            return "stale_status_ignored", onramp  # a late pending never overwrites completed/failed
+            return "stale_status_ignored", onramp, {}  # a late pending never overwrites completed/failed
         raise ProcessingError(
             f"conflicting terminal status: the on-ramp transaction is {current}, MoonPay now says {tx.status}")
 
     provider_updated_at = _parse_time(tx.updated_at)
     if new_status == OnrampStatus.COMPLETED:
-        return _complete(event=event, onramp=onramp, tx=tx, now=now, provider_updated_at=provider_updated_at), onramp
+        outcome, changes = _complete(event=event, onramp=onramp, tx=tx, now=now, provider_updated_at=provider_updated_at)
+        return outcome, onramp, changes
 
     if (new_status not in OnrampStatus.TERMINAL and provider_updated_at is not None
             and onramp.provider_updated_at is not None and provider_updated_at < onramp.provider_updated_at):
-        return "stale_status_ignored", onramp  # same rank, older news
-    onramp.moonpay_transaction_id = tx.id
-    onramp.status = new_status
-    onramp.updated_at = now
-    onramp.provider_updated_at = provider_updated_at or onramp.provider_updated_at
+        return "stale_status_ignored", onramp, {}  # same rank, older news
+    changes = {"moonpay_transaction_id": tx.id, "status": new_status, "updated_at": now,
+               "provider_updated_at": provider_updated_at or onramp.provider_updated_at}
     if tx.crypto_transaction_id:
-        onramp.crypto_transaction_id = tx.crypto_transaction_id
+        changes["crypto_transaction_id"] = tx.crypto_transaction_id
     if new_status == OnrampStatus.FAILED:
-        onramp.failure_reason = (tx.failure_reason or "failed at MoonPay")[:MAX_ERROR_LENGTH]
-        onramp.failed_at = now
-        return "marked_failed", onramp
-    return f"status_{new_status}", onramp
+        changes["failure_reason"] = (tx.failure_reason or "failed at MoonPay")[:MAX_ERROR_LENGTH]
+        changes["failed_at"] = now
+        return "marked_failed", onramp, changes
+    return f"status_{new_status}", onramp, changes
 
 
-def _locked_onramp(tx: MoonPayTransaction) -> OnrampTransaction:
+def _locked_onramp(tx: MoonPayTransaction) -> Row:
     if tx.external_transaction_id is None:
         raise ProcessingError("data.externalTransactionId is missing: not a purchase started through our widget")
     try:
         onramp_id = uuid.UUID(tx.external_transaction_id)
     except ValueError:
         raise ProcessingError(f"unknown on-ramp transaction {tx.external_transaction_id!r}") from None
-    onramp = db.session.execute(
-        select(OnrampTransaction).where(OnrampTransaction.id == onramp_id).with_for_update()
-        .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
+    onramp = db.session.connection().execute(_ONRAMP_FOR_UPDATE, {"id": onramp_id}).one_or_none()
     if onramp is None:
         raise ProcessingError(f"unknown on-ramp transaction {onramp_id}")
     return onramp
 
 
-def _complete(*, event: WebhookEvent, onramp: OnrampTransaction, tx: MoonPayTransaction, now: dt.datetime,
-              provider_updated_at: dt.datetime | None) -> str:
+def _complete(*, event, onramp: Row, tx: MoonPayTransaction, now: dt.datetime,
+              provider_updated_at: dt.datetime | None) -> tuple[str, dict]:
     if tx.quote_currency_amount is None:
         raise ProcessingError("data.quoteCurrencyAmount is missing on a completed transaction")
     try:
@@ -296,7 +367,7 @@ def _complete(*, event: WebhookEvent, onramp: OnrampTransaction, tx: MoonPayTran
             reference=f"moonpay:{tx.id}",
             metadata={"moonpay_transaction_id": tx.id, "crypto_transaction_id": tx.crypto_transaction_id,
                       "onramp_transaction_id": str(onramp.id), "event_id": str(event.id)},
-            commit=False,
+            commit=False, savepoint=False,  # any failure rolls the whole transaction back
         )
     except DecimalException:
         raise ProcessingError(f"data.quoteCurrencyAmount {tx.quote_currency_amount} is out of range") from None
@@ -308,16 +379,12 @@ def _complete(*, event: WebhookEvent, onramp: OnrampTransaction, tx: MoonPayTran
     if result.currency != onramp.currency:
         raise ProcessingError(f"currency mismatch: wallet {onramp.wallet_id} holds {result.currency}, "
                               f"the on-ramp transaction is in {onramp.currency}")
-    onramp.status = OnrampStatus.COMPLETED
-    onramp.moonpay_transaction_id = tx.id
-    onramp.crypto_transaction_id = tx.crypto_transaction_id or onramp.crypto_transaction_id
-    onramp.quote_currency_amount = amount
-    onramp.provider_base_amount = tx.base_currency_amount
-    onramp.ledger_transaction_id = result.transaction_id
-    onramp.completed_at = now
-    onramp.updated_at = now
-    onramp.provider_updated_at = provider_updated_at or onramp.provider_updated_at
-    return "credit_replayed" if result.replayed else "credited"
+    changes = {"status": OnrampStatus.COMPLETED, "moonpay_transaction_id": tx.id,
+               "crypto_transaction_id": tx.crypto_transaction_id or onramp.crypto_transaction_id,
+               "quote_currency_amount": amount, "provider_base_amount": tx.base_currency_amount,
+               "ledger_transaction_id": result.transaction_id, "completed_at": now, "updated_at": now,
+               "provider_updated_at": provider_updated_at or onramp.provider_updated_at}
+    return ("credit_replayed" if result.replayed else "credited"), changes
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:

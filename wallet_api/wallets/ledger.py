@@ -51,7 +51,9 @@ Transaction ownership
     With `commit=False` the caller owns it (the webhook worker updates its own rows and commits
     once): the function works inside a SAVEPOINT and only flushes, so a refused operation or an
     idempotent replay leaves the caller's transaction usable; the wallet locks are held until the
-    caller commits or rolls back.
+    caller commits or rolls back. `credit(commit=False, savepoint=False)` skips the SAVEPOINT (two
+    round trips) for a caller that rolls its whole transaction back on any error: a refusal then
+    leaves that transaction unusable, and a unique-key conflict is raised, not replayed.
 
 Lost connections
     The app does not ping a pooled connection before using it (wallet_api/database.py). When an
@@ -167,12 +169,12 @@ def entry_key(*, source: str, reference: str, wallet_id: uuid.UUID, action: str)
 def credit(*, wallet_id: uuid.UUID, amount: Decimal, idempotency_key: str, kind: str,
            counter_account: str = SystemAccount.PLATFORM_ADJUSTMENTS, reference: str | None = None,
            metadata: dict | None = None, initiated_by: uuid.UUID | None = None,
-           commit: bool = True) -> LedgerResult:
+           commit: bool = True, savepoint: bool = True) -> LedgerResult:
     """Add `amount` to a user wallet, balanced against the system wallet `counter_account`."""
     return _post(_Movement(operation=CREDIT, amount=amount, idempotency_key=idempotency_key, kind=kind,
                            credit_wallet_id=wallet_id, counter_account=counter_account,
                            reference=reference, metadata=metadata, initiated_by=initiated_by),
-                 commit=commit)
+                 commit=commit, savepoint=savepoint)
 
 
 def debit(*, wallet_id: uuid.UUID, amount: Decimal, idempotency_key: str, kind: str,
@@ -251,7 +253,7 @@ class _Movement:
         return sorted({w for w in (self.debit_wallet_id, self.credit_wallet_id) if w is not None})
 
 
-def _post(move: _Movement, *, commit: bool) -> LedgerResult:
+def _post(move: _Movement, *, commit: bool, savepoint: bool = True) -> LedgerResult:
     started = time.perf_counter()
     result: LedgerResult | None = None
     error = None
@@ -259,7 +261,7 @@ def _post(move: _Movement, *, commit: bool) -> LedgerResult:
         _check_arguments(move)
         session = db.session()  # the Session itself, not the scoped proxy: one registry lookup per call
         with _log_context(move):
-            result = _run_owned(session, move) if commit else _run_nested(session, move)
+            result = _run_owned(session, move) if commit else _run_nested(session, move, savepoint=savepoint)
         if not result.replayed:
             if commit:
                 _audit(move, result)
@@ -417,8 +419,17 @@ def _apply_reconnecting(session: Session, move: _Movement) -> LedgerResult:
     return _apply(session, move)
 
 
-def _run_nested(session: Session, move: _Movement) -> LedgerResult:
-    """commit=False: the caller's transaction; our writes sit in a SAVEPOINT and are only flushed."""
+def _run_nested(session: Session, move: _Movement, *, savepoint: bool = True) -> LedgerResult:
+    """commit=False: the caller's transaction; our writes sit in a SAVEPOINT and are only flushed.
+
+    Without the savepoint every error is raised as it is (busy ones as LedgerBusy), for the caller
+    to roll back.
+    """
+    if not savepoint:
+        try:
+            return _apply(session, move, nested=True)
+        except OperationalError as exc:
+            raise _busy_or(exc)
     savepoint = session.begin_nested()
     try:
         result = _apply(session, move, nested=True)
