@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.onramp.support import DRAIN, moonpay_event, post_webhook, queued_functions, utc
+from tests.onramp.support import DRAIN, moonpay_event, park_event, queued_functions, utc
 from wallet_api.extensions import db
 from wallet_api.onramp.apply_job import process_event
 
@@ -14,21 +14,9 @@ T0 = utc(2026, 11, 28, 12, 0)
 
 
 @pytest.fixture
-def park(app, client, books):
-    """park(payload) -> (dlq entry id, event id): deliver, then fail every retry until dead-lettered."""
-
-    def run(payload):
-        post_webhook(client, payload)
-        event_id = books.events()[-1]["id"]
-        with app.app_context():
-            at = T0
-            while process_event(event_id=event_id, now=at) != "dead_lettered":
-                at += dt.timedelta(hours=2)
-            db.session.remove()
-        entry = books.read("SELECT id FROM dead_letter_queue WHERE event_id = :e", e=event_id)[0]["id"]
-        return entry, event_id
-
-    return run
+def park(app, client):
+    """park(payload) -> (dlq entry id, event id): deliver a webhook, then fail every retry until dead-lettered."""
+    return lambda payload: park_event(app, client, payload, at=T0)
 
 
 @pytest.fixture

@@ -1,19 +1,17 @@
 """Fixtures of the console tests: signing in through the login form, CSRF tokens read off pages."""
 from __future__ import annotations
 
-import datetime as dt
 import re
 import uuid
 
 import pytest
 
 from tests.conftest import FACTORY_PASSWORD
-from tests.onramp.support import crypto_wallet, onramp, post_webhook, run_jobs, utc  # noqa: F401
+from tests.onramp.support import crypto_wallet, onramp, park_event, post_webhook, run_jobs, utc  # noqa: F401
 from tests.reconciliation.conftest import corrupt  # noqa: F401
 from wallet_api.alerts.models import AlertType
 from wallet_api.alerts.service import raise_alert
 from wallet_api.extensions import db
-from wallet_api.onramp.apply_job import process_event
 
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
@@ -57,20 +55,9 @@ def access_records(books):
 
 
 @pytest.fixture
-def park(app, client, books):
+def park(app, client):
     """park(payload) -> (dlq entry id, event id): deliver a webhook, then fail every retry until dead-lettered."""
-    def run(payload):
-        post_webhook(client, payload)
-        event_id = books.events()[-1]["id"]
-        with app.app_context():
-            at = utc(2026, 11, 28, 12, 0)
-            while process_event(event_id=event_id, now=at) != "dead_lettered":
-                at += dt.timedelta(hours=2)
-            db.session.remove()
-        entry = books.read("SELECT id FROM dead_letter_queue WHERE event_id = :e", e=event_id)[0]["id"]
-        return entry, event_id
-
-    return run
+    return lambda payload: park_event(app, client, payload, at=utc(2026, 11, 28, 12, 0))
 
 
 @pytest.fixture

@@ -96,19 +96,25 @@ def post_webhook(client, payload_or_body, *, header: str | None = "sign", t: int
                        environ_base={"REMOTE_ADDR": remote_addr})
 
 
-def park_in_dlq(app, client, payload: dict) -> uuid.UUID:
+def park_in_dlq(app, client, payload: dict, *, at: dt.datetime | None = None) -> uuid.UUID:
     """Deliver a webhook, then fail its every retry until it is dead-lettered; the DLQ entry's id."""
+    return park_event(app, client, payload, at=at)[0]
+
+
+def park_event(app, client, payload: dict, *, at: dt.datetime | None = None) -> tuple[uuid.UUID, uuid.UUID]:
+    """`park_in_dlq`, returning (DLQ entry id, event id); the first attempt runs at `at` (default now),
+    each retry two hours after the one before."""
     post_webhook(client, payload)
     with app.app_context():
-        find = db.text("SELECT id FROM webhook_events WHERE external_id = :x")
+        find = db.text("SELECT id FROM webhook_events WHERE external_id = :x ORDER BY received_at DESC LIMIT 1")
         event_id = db.session.execute(find, {"x": payload["data"]["id"]}).scalar()
-        at = dt.datetime.now(dt.timezone.utc)
+        at = at or dt.datetime.now(dt.timezone.utc)
         while process_event(event_id=event_id, now=at) != "dead_lettered":
             at += dt.timedelta(hours=2)
         entry = db.session.execute(db.text("SELECT id FROM dead_letter_queue WHERE event_id = :e"),
                                    {"e": event_id}).scalar()
         db.session.remove()
-    return entry
+    return entry, event_id
 
 
 # --------------------------------------------------------------------------- fixtures
