@@ -1187,6 +1187,39 @@ def check(report: Report, platform: Platform) -> None:
 # --------------------------------------------------------------------------- the run
 
 
+@contextlib.contextmanager
+def scratch_stage(*, pg_admin_url: str, name: str, token: str, log_dir: Path, keep: bool, say):
+    """(processes, database, redis): a scratch database and a private Redis, and the run's processes.
+
+    On the way out, even after Ctrl-C or SIGTERM (both raise KeyboardInterrupt in the main thread,
+    and a second Ctrl-C cannot cut the clean-up short), every process the run started is stopped,
+    the Redis killed and the database dropped unless `keep`. Shared by the chaos run and the mixed load.
+    """
+    processes = Processes(token, log_dir)
+    database = redis = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        previous_term = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        say(f"scratch database {name}, private Redis, logs in {log_dir}")
+        database = ScratchDatabase(pg_admin_url, name)
+        (log_dir / "redis").mkdir(exist_ok=True)
+        redis = PrivateRedis(processes, log_dir / "redis")
+        redis.start()
+        yield processes, database, redis
+    finally:
+        if in_main_thread:
+            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        processes.stop_all()
+        if redis is not None:
+            redis.kill()
+        if database is not None and not keep:
+            database.drop()
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
+
+
 def run(options: Options) -> Report:
     """The whole chaos run; returns its report (cleans up whatever happens)."""
     rng = random.Random(options.seed)
@@ -1194,86 +1227,71 @@ def run(options: Options) -> Report:
     own_dir = options.log_dir is None
     log_dir = Path(tempfile.mkdtemp(prefix="wallet-chaos-")) if own_dir else options.log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
-    processes = Processes(token, log_dir)
-    database = redis = senders = None
-    report = None
+    senders = report = None
     say = (lambda message: print(message, file=sys.stderr, flush=True)) if options.verbose else (lambda _m: None)
-    previous_term = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+    name = f"wallet_chaos_{os.getpid()}_{token[:6]}"
     try:
-        name = f"wallet_chaos_{os.getpid()}_{token[:6]}"
-        say(f"scratch database {name}, private Redis, logs in {log_dir}")
-        database = ScratchDatabase(options.pg_admin_url, name)
-        redis_dir = log_dir / "redis"
-        redis_dir.mkdir(exist_ok=True)
-        redis = PrivateRedis(processes, redis_dir)
-        redis.start()
-        platform = Platform(options, processes, database, redis)
-        platform.release()
-        say(f"starting web, {options.workers} worker dyno(s) x {options.worker_processes}, scheduler")
-        platform.start()
-        plan = make_plan(options, rng, token)
-        say(f"creating {options.users} users, their wallets and {options.purchases + 1} on-ramp sessions via the API")
-        create_accounts(platform, plan)
-        make_events(plan, rng)
-        schedule = fault_schedule(options, rng)
-        last_at, last_kind = schedule[-1]
-        if last_kind == "redis-restart" and last_at < options.duration:
-            # The deliveries due while Redis is down at the end (keep a margin: the outage may start late).
-            due = len(plan.deliveries) * (options.duration - last_at) / options.duration
-            late = hold_back(plan, int(due * 0.6), rng)
-        else:
-            late = 0
-        say(f"delivering {len(plan.deliveries)} webhooks ({len(plan.events)} events) over {options.duration:.0f} s "
-            f"with {len(schedule)} faults")
-        senders = Senders(plan, platform.base_url, count=options.senders, duration=options.duration,
-                          give_up_after=options.duration + 120)
-        injector = Injector(platform, plan, senders, rng)
-        report = Report(options=options, started_at=dt.datetime.now(dt.timezone.utc), plan=plan, faults=[],
-                        late_events=late,
-                        stats=senders.stats, deliveries_started=0.0, log_dir=log_dir, database=name,
-                        token=token)
-        senders.start()
-        report.deliveries_started = senders.started
-        for at, kind in schedule:
-            delay = senders.started + at - time.time()
-            if delay > 0:
-                time.sleep(delay)
-            fault = injector.inject(kind, at=time.time() - senders.started)
-            report.faults.append(fault)
-            say(f"  {fault.at:6.1f} s  {kind:<14} {fault.detail}")
-        report.last_fault_end = senders.started + max(f.at + f.lasted for f in report.faults)
-        senders.join()
-        report.heal_from = max(report.last_fault_end, senders.stats.last_accepted)
-        report.deadline = report.heal_from + options.heal_bound + options.retry_path + options.margin
-        say(f"deliveries done; waiting for recovery (at most {report.deadline - time.time():.0f} s)")
-        report.finished = wait_for_recovery(database, plan, report.deadline)
-        report.timings["sweeper"] = wait_for_sweeper(
-            database, report.last_fault_end, max(report.deadline, report.last_fault_end + options.heal_bound))
-        canary = send_canary(platform, plan, CANARY_SECONDS) if report.finished else None
-        report.timings["canary"] = canary
-        if report.finished and canary is None:
-            report.violations.append(f"the canary purchase was not credited within {CANARY_SECONDS:.0f} s of its "
-                                     "webhook: the live path did not heal")
-        check(report, platform)
-        return report
+        with scratch_stage(pg_admin_url=options.pg_admin_url, name=name, token=token, log_dir=log_dir,
+                           keep=options.keep, say=say) as (processes, database, redis):
+            try:
+                platform = Platform(options, processes, database, redis)
+                platform.release()
+                say(f"starting web, {options.workers} worker dyno(s) x {options.worker_processes}, scheduler")
+                platform.start()
+                plan = make_plan(options, rng, token)
+                say(f"creating {options.users} users, their wallets and {options.purchases + 1} on-ramp sessions "
+                    "via the API")
+                create_accounts(platform, plan)
+                make_events(plan, rng)
+                schedule = fault_schedule(options, rng)
+                last_at, last_kind = schedule[-1]
+                if last_kind == "redis-restart" and last_at < options.duration:
+                    # The deliveries due while Redis is down at the end (keep a margin: the outage may start late).
+                    due = len(plan.deliveries) * (options.duration - last_at) / options.duration
+                    late = hold_back(plan, int(due * 0.6), rng)
+                else:
+                    late = 0
+                say(f"delivering {len(plan.deliveries)} webhooks ({len(plan.events)} events) "
+                    f"over {options.duration:.0f} s "
+                    f"with {len(schedule)} faults")
+                senders = Senders(plan, platform.base_url, count=options.senders, duration=options.duration,
+                                  give_up_after=options.duration + 120)
+                injector = Injector(platform, plan, senders, rng)
+                report = Report(options=options, started_at=dt.datetime.now(dt.timezone.utc), plan=plan, faults=[],
+                                late_events=late,
+                                stats=senders.stats, deliveries_started=0.0, log_dir=log_dir, database=name,
+                                token=token)
+                senders.start()
+                report.deliveries_started = senders.started
+                for at, kind in schedule:
+                    delay = senders.started + at - time.time()
+                    if delay > 0:
+                        time.sleep(delay)
+                    fault = injector.inject(kind, at=time.time() - senders.started)
+                    report.faults.append(fault)
+                    say(f"  {fault.at:6.1f} s  {kind:<14} {fault.detail}")
+                report.last_fault_end = senders.started + max(f.at + f.lasted for f in report.faults)
+                senders.join()
+                report.heal_from = max(report.last_fault_end, senders.stats.last_accepted)
+                report.deadline = report.heal_from + options.heal_bound + options.retry_path + options.margin
+                say(f"deliveries done; waiting for recovery (at most {report.deadline - time.time():.0f} s)")
+                report.finished = wait_for_recovery(database, plan, report.deadline)
+                report.timings["sweeper"] = wait_for_sweeper(
+                    database, report.last_fault_end, max(report.deadline, report.last_fault_end + options.heal_bound))
+                canary = send_canary(platform, plan, CANARY_SECONDS) if report.finished else None
+                report.timings["canary"] = canary
+                if report.finished and canary is None:
+                    report.violations.append(f"the canary purchase was not credited within {CANARY_SECONDS:.0f} s "
+                                             "of its webhook: the live path did not heal")
+                check(report, platform)
+                return report
+            finally:
+                if senders is not None:
+                    senders.stop.set()
+                    senders.join(timeout=15)
+                if report is not None:
+                    report.sessions = processes.sessions
     finally:
-        if threading.current_thread() is threading.main_thread():
-            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
-        if senders is not None:
-            senders.stop.set()
-            senders.join(timeout=15)
-        processes.stop_all()
-        if redis is not None:
-            redis.kill()
-        if report is not None:
-            report.sessions = processes.sessions
-        if database is not None and not options.keep:
-            database.drop()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, previous_int)
-            signal.signal(signal.SIGTERM, previous_term)
         # The logs of a run that failed or crashed are kept for a look; an interrupted one leaves nothing.
         interrupted = sys.exc_info()[0] is KeyboardInterrupt
         failed = not interrupted and (report is None or not report.ok)

@@ -681,8 +681,6 @@ def run(options: Options) -> Report:
     own_dir = options.log_dir is None
     log_dir = Path(tempfile.mkdtemp(prefix="wallet-load-")) if own_dir else options.log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
-    processes = chaos.Processes(token, log_dir)
-    database = redis = None
     secret = secrets.token_urlsafe(32)
     tell = say if options.verbose else (lambda _message: None)
     shape = (f"gunicorn {options.web_concurrency} x 4 threads, {options.workers} worker dyno(s) x "
@@ -691,86 +689,69 @@ def run(options: Options) -> Report:
                     options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
                     machine=f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start"
                             f"{cpu_pressure()}", platform=shape)
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    if in_main_thread:  # SIGTERM cleans up like Ctrl-C
-        previous_term = signal.signal(signal.SIGTERM, _interrupt)
+    name = f"wallet_load_{os.getpid()}_{token[:6]}"
+    report.database = name
     try:
-        name = f"wallet_load_{os.getpid()}_{token[:6]}"
-        report.database = name
-        tell(f"scratch database {name}, private Redis, logs in {log_dir}")
-        database = chaos.ScratchDatabase(options.pg_admin_url, name)
-        (log_dir / "redis").mkdir(exist_ok=True)
-        redis = chaos.PrivateRedis(processes, log_dir / "redis")
-        redis.start()
-        platform = chaos.Platform(chaos_options(options), processes, database, redis,
-                                  settings=platform_settings(secret, log_dir / "prometheus"))
-        platform.release()
-        tell(f"starting {shape}")
-        platform.start()
-        port = platform.port
-        tell(f"{options.users} users, their ETH and BTC wallets, {options.funding} purchases to fund them")
-        users = create_users(port, options.users, token[:8])
-        funding = create_sessions(port, users, options.funding, rng)
-        tell("funding burst (measures the worker pool) ...")
-        completed, capacity = fund(port, secret, funding, database, options.drain_timeout)
-        report.worker_capacity_measured = options.worker_capacity is None
-        report.worker_capacity = capacity if options.worker_capacity is None else options.worker_capacity
-        tell(f"  the pool credited {len(completed)} purchases at {capacity:.1f}/s")
-        webhook_rate = options.webhook_rate or report.worker_capacity * options.load_factor
-        if options.baseline is not None:
-            tell(f"pgbench baseline, {options.baseline_clients} clients ...")
-            report.baseline_tps = run_baseline(options.baseline, options.baseline_clients, BASELINE_SECONDS)
-        phases = []
-        if options.rate is None:
-            phases.append(Phase("saturation", options.saturation_seconds, clients=options.saturation_clients,
-                                webhook_rate=webhook_rate))
-        phases.append(Phase("measured", options.seconds, rate=options.rate, webhook_rate=webhook_rate))
-        # Purchases for the runs' webhooks: the mix's own sessions go first, these ensure none goes without.
-        needed = math.ceil(webhook_rate * sum(p.seconds + WARMUP for p in phases) * 1.2) + 20
-        tell(f"{needed} more purchases for the webhooks of the runs ...")
-        backlog = create_sessions(port, users, needed, rng)
-        transfers_acked = transfers_unknown = 0
-        for serial, phase in enumerate(phases, start=1):
-            if phase.name == "measured" and phase.rate is None:
-                phase.rate = report.phases[-1].throughput * options.load_factor
-            tell(f"{phase.name}: " + (f"closed loop, {phase.clients} connections" if phase.rate is None
-                                     else f"open loop at {phase.rate:.0f} requests/s")
-                + f", webhooks at {phase.webhook_rate:.1f}/s, {phase.seconds:g} s ...")
-            result, sent, used, (acked, unanswered) = drive(platform, phase, users, options, secret, backlog, serial)
-            backlog = backlog[used:]
-            completed += sent
-            report.phases.append(result)
-            transfers_acked, transfers_unknown = transfers_acked + acked, transfers_unknown + unanswered
-            tell(f"  {result.throughput:.0f} requests/s, {result.load}")
-        tell("waiting for the last credits ...")
-        report.finished = wait_for_credits(database, completed, options.drain_timeout)
-        for result in report.phases:
-            result.credit_latency = credit_latency(database, result.webhooks)
-        report.violations = check(database, completed, transfers_acked, transfers_unknown)
-        if not report.finished:
-            report.violations.append(f"not every webhook credited within {options.drain_timeout:.0f} s")
-        report.goals = goals(report)
-        return report
+        with chaos.scratch_stage(pg_admin_url=options.pg_admin_url, name=name, token=token, log_dir=log_dir,
+                                 keep=options.keep, say=tell) as (processes, database, redis):
+            try:
+                platform = chaos.Platform(chaos_options(options), processes, database, redis,
+                                          settings=platform_settings(secret, log_dir / "prometheus"))
+                platform.release()
+                tell(f"starting {shape}")
+                platform.start()
+                port = platform.port
+                tell(f"{options.users} users, their ETH and BTC wallets, {options.funding} purchases to fund them")
+                users = create_users(port, options.users, token[:8])
+                funding = create_sessions(port, users, options.funding, rng)
+                tell("funding burst (measures the worker pool) ...")
+                completed, capacity = fund(port, secret, funding, database, options.drain_timeout)
+                report.worker_capacity_measured = options.worker_capacity is None
+                report.worker_capacity = capacity if options.worker_capacity is None else options.worker_capacity
+                tell(f"  the pool credited {len(completed)} purchases at {capacity:.1f}/s")
+                webhook_rate = options.webhook_rate or report.worker_capacity * options.load_factor
+                if options.baseline is not None:
+                    tell(f"pgbench baseline, {options.baseline_clients} clients ...")
+                    report.baseline_tps = run_baseline(options.baseline, options.baseline_clients, BASELINE_SECONDS)
+                phases = []
+                if options.rate is None:
+                    phases.append(Phase("saturation", options.saturation_seconds, clients=options.saturation_clients,
+                                        webhook_rate=webhook_rate))
+                phases.append(Phase("measured", options.seconds, rate=options.rate, webhook_rate=webhook_rate))
+                # Purchases for the runs' webhooks: the mix's own sessions go first, these ensure none goes without.
+                needed = math.ceil(webhook_rate * sum(p.seconds + WARMUP for p in phases) * 1.2) + 20
+                tell(f"{needed} more purchases for the webhooks of the runs ...")
+                backlog = create_sessions(port, users, needed, rng)
+                transfers_acked = transfers_unknown = 0
+                for serial, phase in enumerate(phases, start=1):
+                    if phase.name == "measured" and phase.rate is None:
+                        phase.rate = report.phases[-1].throughput * options.load_factor
+                    tell(f"{phase.name}: " + (f"closed loop, {phase.clients} connections" if phase.rate is None
+                                             else f"open loop at {phase.rate:.0f} requests/s")
+                        + f", webhooks at {phase.webhook_rate:.1f}/s, {phase.seconds:g} s ...")
+                    result, sent, used, (acked, unanswered) = drive(platform, phase, users, options, secret,
+                                                                    backlog, serial)
+                    backlog = backlog[used:]
+                    completed += sent
+                    report.phases.append(result)
+                    transfers_acked, transfers_unknown = transfers_acked + acked, transfers_unknown + unanswered
+                    tell(f"  {result.throughput:.0f} requests/s, {result.load}")
+                tell("waiting for the last credits ...")
+                report.finished = wait_for_credits(database, completed, options.drain_timeout)
+                for result in report.phases:
+                    result.credit_latency = credit_latency(database, result.webhooks)
+                report.violations = check(database, completed, transfers_acked, transfers_unknown)
+                if not report.finished:
+                    report.violations.append(f"not every webhook credited within {options.drain_timeout:.0f} s")
+                report.goals = goals(report)
+                return report
+            finally:
+                report.sessions = processes.sessions
     finally:
-        if in_main_thread:
-            previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
-        processes.stop_all()
-        report.sessions = processes.sessions
-        if redis is not None:
-            redis.kill()
-        if database is not None and not options.keep:
-            database.drop()
         if own_dir and not options.keep and report.ok:
             shutil.rmtree(log_dir, ignore_errors=True)
         else:
             report.log_dir = str(log_dir)
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous_int)
-            signal.signal(signal.SIGTERM, previous_term)
-
-
-def _interrupt(_signum, _frame):
-    raise KeyboardInterrupt
 
 
 def goals(report: Report) -> dict:

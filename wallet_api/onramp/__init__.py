@@ -28,7 +28,7 @@ does only cheap, local work and PostgreSQL (never Redis) holds everything that m
 3. Apply (runs in a worker; `apply_job.py`): a drain claims the oldest pending event nobody else
    holds (FOR UPDATE SKIP LOCKED) and, in ONE database transaction, skips it if already
    processed, locks the on-ramp transaction row (FOR UPDATE), moves its status forward only, and
-   for `completed` calls `ledger.credit(commit=False)` with the key
+   for `completed` calls `ledger.credit(commit=False, savepoint=False)` with the key
    `webhook:moonpay:{moonpay_tx_id}:{wallet_id}:credit`; marks the on-ramp transaction completed
    and the event processed; commits; and takes the next event, until none is left or its time
    budget is spent. Several workers drain side by side without touching each other's events.
@@ -38,8 +38,8 @@ does only cheap, local work and PostgreSQL (never Redis) holds everything that m
 
 4. Fail and retry: a run that fails (unknown transaction, currency mismatch, an amount with
    more decimals than the currency allows - never rounded -, a conflicting terminal status...)
-   rolls back its own work and records attempts, last_error and next_attempt_at in the same
-   transaction. The first run is followed by up to WEBHOOK_MAX_RETRIES retries, 1, 5, 15, 30
+   rolls its whole transaction back, locks the event again and, if no one else has run it
+   meanwhile, records attempts, last_error and next_attempt_at. The first run is followed by up to WEBHOOK_MAX_RETRIES retries, 1, 5, 15, 30
    and 60 minutes apart (WEBHOOK_RETRY_BACKOFF_SECONDS); when the last one fails the event is parked
    in the dead letter queue (`dead_letters.py`) and a WEBHOOK_FAILURE alert (high) is raised.
    Infrastructure errors (the database gone) raise instead, and RQ's own Retry re-runs the job.
