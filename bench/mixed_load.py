@@ -133,6 +133,9 @@ def platform_settings(secret: str, metrics_dir: Path) -> dict[str, str]:
         # Tokens are minted once, before runs that may outlast the usual 15 minutes.
         "ACCESS_TOKEN_TTL_SECONDS": "86400",
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        # The pool as shipped: the chaos run's smaller one (2) is below gunicorn's 4 threads, so a third
+        # concurrent request in a process would open, and close, a connection of its own.
+        "DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "5",
         "RATELIMIT_ENABLED": "true",
         **{f"RATELIMIT_{name}": raised for name in ("AUTH", "WALLET_READ", "WALLET_WRITE", "TRANSFERS", "ONRAMP")},
     }
