@@ -2,6 +2,7 @@
 
 See docs/PERFORMANCE.md ("Request path") for the measurements behind these numbers.
 """
+import gc
 import glob
 import json
 import os
@@ -54,6 +55,15 @@ if os.environ.get(_METRICS_DIR_OWNER) != str(os.getpid()):
 def on_exit(server):
     if os.environ.get(_METRICS_DIR_PRIVATE) == str(os.getpid()):
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def pre_fork(server, worker):
+    # The preloaded app is about 160,000 objects that every worker's full (generation 2) collections
+    # would walk, while the worker holds the GIL: a stall of all its threads of 90-300 ms, once a
+    # minute or so under load, which is where the p99 of the mixed load went (bench/mixed_load.py;
+    # docs/PERFORMANCE.md). Frozen before the fork, they are never scanned again (a full
+    # collection then takes ~2 ms), and the collector no longer writes to their pages.
+    gc.freeze()
 
 
 def post_fork(server, worker):

@@ -119,3 +119,21 @@ def _assert_gunicorn_answers_like_the_api(port: int) -> None:
         assert json.loads(response.read())["error"] == "request_entity_too_large"
     finally:
         connection.close()
+
+
+def test_the_master_freezes_the_preloaded_app_before_forking_a_worker(monkeypatch):
+    """Full collections in the workers skip the app's objects (a stall of every thread of the worker
+    otherwise): gunicorn calls pre_fork in the master right before each fork."""
+    import gc
+    import runpy
+
+    # As if this process were a master that prepared its metrics directory already: nothing to set up.
+    monkeypatch.setenv("WALLET_METRICS_DIR_MASTER", str(os.getpid()))
+    hooks = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        hooks["pre_fork"](None, None)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

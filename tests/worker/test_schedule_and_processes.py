@@ -196,3 +196,15 @@ def test_the_purge_job_deletes_only_expired_idempotency_keys(app, user):
         db.session.commit()
         assert purge_idempotency_keys()["purged"] == 1
         assert db.session.scalars(select(IdempotencyRecord.key)).all() == ["fresh"]
+
+
+def test_a_worker_process_freezes_its_app_once_built(settings):
+    """Full collections in a worker process skip the app's objects, built once per process."""
+    import sys
+
+    probe = ("import gc\nfrom worker.runner import get_app\nbefore = gc.get_freeze_count()\n"
+             "get_app()\nprint(before, gc.get_freeze_count())")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=worker_env(settings), capture_output=True,
+                         text=True, timeout=60)
+    before, after = map(int, out.stdout.split()[-2:])
+    assert before == 0 and after > 10_000, out.stderr
