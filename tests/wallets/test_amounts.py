@@ -50,6 +50,29 @@ def test_formatting_is_plain_and_exact_even_beyond_28_digits():
     assert amounts.format_money(None, "ETH") is None
 
 
+def test_formatting_pads_every_stored_value_to_the_currency_and_leaves_the_thread_context_alone():
+    import decimal
+    import random
+
+    from wallet_api.wallets import currencies
+
+    rng = random.Random(8)
+    before = decimal.getcontext().copy()
+    decimal.getcontext().prec = 5  # a caller's narrow context changes nothing
+    try:
+        for currency, places in currencies.PRECISION.items():
+            assert currencies.quantum(currency) == Decimal(1).scaleb(-places)
+            for _ in range(300):
+                # Any NUMERIC(38,18) value with at most the currency's decimals (what a column holds).
+                value = Decimal(rng.randrange(-10 ** 20, 10 ** 20)).scaleb(-rng.randrange(0, places + 1))
+                text = amounts.format_money(value, currency)
+                assert Decimal(text) == value and "E" not in text
+                assert len(text.partition(".")[2]) == places
+        assert decimal.getcontext().prec == 5
+    finally:
+        decimal.setcontext(before)
+
+
 def test_ledger_arithmetic_never_rounds():
     a = Decimal("99999999999999999999.999999999999999999")
     assert amounts.add(a, Decimal("0.000000000000000001")) == Decimal("100000000000000000000")

@@ -8,7 +8,7 @@ rounding: a ledger sum is exact or it is an error.
 from __future__ import annotations
 
 import re
-from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded, localcontext
+from decimal import Context, Decimal, Inexact, InvalidOperation, Overflow, Rounded
 
 from wallet_api.errors import field_error
 from wallet_api.wallets import currencies
@@ -73,6 +73,6 @@ def format_money(amount: Decimal | None, currency: str) -> str | None:
     """Plain decimal string at the currency's precision, exact for every NUMERIC(38,18) value."""
     if amount is None:
         return None
-    with localcontext(MONEY_CONTEXT) as ctx:
-        ctx.traps[Inexact] = ctx.traps[Rounded] = False  # quantize pads; a stored value never needs rounding
-        return currencies.format_amount(amount, currency)
+    # format_amount quantizes in its own 60-digit context (padding; a stored value never needs
+    # rounding), so no context of this thread is needed or changed: a response formats many amounts.
+    return currencies.format_amount(amount, currency)

@@ -20,9 +20,12 @@ def precision(currency: str) -> int:
     return PRECISION[currency]
 
 
+_QUANTA = {code: Decimal(1).scaleb(-places) for code, places in PRECISION.items()}
+
+
 def quantum(currency: str) -> Decimal:
     """The smallest unit, e.g. Decimal('0.01') for USD."""
-    return Decimal(1).scaleb(-PRECISION[currency])
+    return _QUANTA[currency]  # made once: every amount in a response is formatted with one
 
 
 def format_amount(amount: Decimal, currency: str) -> str:

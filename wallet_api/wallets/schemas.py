@@ -10,6 +10,7 @@ import re
 from marshmallow import Schema, ValidationError, fields, validate
 from marshmallow.utils import get_value
 
+from wallet_api.flat_schema import FlatSchema
 from wallet_api.pagination import page_schema
 from wallet_api.wallets import amounts
 from wallet_api.wallets.currencies import MAX_AMOUNT, SUPPORTED
@@ -82,7 +83,7 @@ class WalletCreateSchema(Schema):
     currency = CurrencyField(required=True)
 
 
-class WalletSchema(Schema):
+class WalletSchema(FlatSchema):
     id = fields.UUID(dump_only=True)
     currency = fields.String(dump_only=True)
     balance = MoneyField()
@@ -90,7 +91,7 @@ class WalletSchema(Schema):
     updated_at = fields.DateTime(dump_only=True)
 
 
-class LedgerEntrySchema(Schema):
+class LedgerEntrySchema(FlatSchema):
     id = fields.Integer(dump_only=True)
     transaction_id = fields.UUID(dump_only=True)
     amount = MoneyField(metadata={"description": "Signed: positive credits the wallet, negative debits it."})
@@ -112,7 +113,7 @@ class TransferCreateSchema(Schema):
                               validate=validate.Length(min=1, max=MAX_REFERENCE_LENGTH))
 
 
-class TransferSchema(Schema):
+class TransferSchema(FlatSchema):
     id = fields.UUID(dump_only=True)
     from_wallet_id = fields.UUID(dump_only=True)
     to_wallet_id = fields.UUID(dump_only=True)
@@ -130,7 +131,7 @@ class AdjustmentCreateSchema(Schema):
         not_blank("reason must not be blank.")])
 
 
-class AdjustmentSchema(Schema):
+class AdjustmentSchema(FlatSchema):
     id = fields.UUID(dump_only=True)
     kind = fields.String(dump_only=True)
     wallet_id = fields.UUID(dump_only=True)

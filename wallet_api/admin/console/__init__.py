@@ -15,7 +15,8 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from flask import Flask
+from flask import Flask, Request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from wallet_api.admin.console import views
 from wallet_api.admin.console.security import csrf, session_key
@@ -38,11 +39,26 @@ def init_app(app: Flask) -> None:
         WTF_CSRF_CHECK_DEFAULT=False,
         WTF_CSRF_TIME_LIMIT=settings.console_session_max_hours * 3600,
     )
+    app.session_interface = ConsoleSessionInterface()
     csrf.init_app(app)
     app.register_blueprint(views.bp)
     app.register_blueprint(views.assets)
     app.add_template_filter(when, "when")
     app.add_template_filter(money, "money")
+
+
+class ConsoleSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, opened without building its signer when there is no cookie.
+
+    Flask opens a session for every request, building the cookie's serializer and signer first. Only
+    the console's pages get the cookie (its path is /console), so every API request would pay for a
+    signer it never uses: without the cookie the session is empty, as Flask's own would be.
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def when(value: dt.datetime | None) -> str:
