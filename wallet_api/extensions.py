@@ -1,4 +1,5 @@
 """Extension singletons, bound to an app in `create_app`."""
+from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from flask_migrate import Migrate
 from wallet_api.errors import WalletApi
@@ -7,7 +8,6 @@ from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
 from wallet_api.database import ReconnectingSession
-from wallet_api.jwt_manager import SingleDecodeJWTManager
 from wallet_api.ratelimit import rate_limit_key
 
 
@@ -25,5 +25,5 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base, session_options={"class_": ReconnectingSession})
 migrate = Migrate()
 api = WalletApi()
-jwt = SingleDecodeJWTManager()  # one decode per token: see wallet_api/jwt_manager.py
+jwt = JWTManager()
 limiter = Limiter(rate_limit_key)
