@@ -1187,6 +1187,14 @@ def check(report: Report, platform: Platform) -> None:
 # --------------------------------------------------------------------------- the run
 
 
+def run_log_dir(given: Path | None, prefix: str) -> tuple[Path, bool]:
+    """The run's log directory and whether the run owns it: `given`, or a new temporary one (which a
+    run that went well removes)."""
+    log_dir = Path(tempfile.mkdtemp(prefix=prefix)) if given is None else given
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return log_dir, given is None
+
+
 @contextlib.contextmanager
 def scratch_stage(*, pg_admin_url: str, name: str, token: str, log_dir: Path, keep: bool, say):
     """(processes, database, redis): a scratch database and a private Redis, and the run's processes.
@@ -1222,11 +1230,8 @@ def scratch_stage(*, pg_admin_url: str, name: str, token: str, log_dir: Path, ke
 
 def run(options: Options) -> Report:
     """The whole chaos run; returns its report (cleans up whatever happens)."""
-    rng = random.Random(options.seed)
-    token = uuid.uuid4().hex
-    own_dir = options.log_dir is None
-    log_dir = Path(tempfile.mkdtemp(prefix="wallet-chaos-")) if own_dir else options.log_dir
-    log_dir.mkdir(parents=True, exist_ok=True)
+    rng, token = random.Random(options.seed), uuid.uuid4().hex
+    log_dir, own_dir = run_log_dir(options.log_dir, "wallet-chaos-")
     senders = report = None
     say = (lambda message: print(message, file=sys.stderr, flush=True)) if options.verbose else (lambda _m: None)
     name = f"wallet_chaos_{os.getpid()}_{token[:6]}"

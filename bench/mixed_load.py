@@ -51,7 +51,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -679,11 +678,8 @@ class Report:
 
 def run(options: Options) -> Report:
     """The whole run; returns its report (and cleans up whatever happens)."""
-    rng = random.Random(options.seed)
-    token = uuid.uuid4().hex
-    own_dir = options.log_dir is None
-    log_dir = Path(tempfile.mkdtemp(prefix="wallet-load-")) if own_dir else options.log_dir
-    log_dir.mkdir(parents=True, exist_ok=True)
+    rng, token = random.Random(options.seed), uuid.uuid4().hex
+    log_dir, own_dir = chaos.run_log_dir(options.log_dir, "wallet-load-")
     secret = secrets.token_urlsafe(32)
     tell = say if options.verbose else (lambda _message: None)
     shape = (f"gunicorn {options.web_concurrency} x 4 threads, {options.workers} worker dyno(s) x "
