@@ -24,8 +24,8 @@ from pathlib import Path
 import psycopg2
 from redis import Redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import webhooks  # noqa: E402 - the sibling benchmark: seeding, webhooks, environment
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import webhooks  # noqa: E402 - after the path set-up, like the other benchmarks
 
 
 def main() -> int:

@@ -281,17 +281,18 @@ def test_a_failed_attempt_is_not_recorded_over_an_event_someone_moved_on_meanwhi
     from wallet_api.onramp import apply_job
 
     event_id = deliver(event_for(purchase))
-    real_lock = apply_job._lock
+    real_lock = apply_job._lock_event
     calls = []
 
-    def lock(statement, **params):
-        calls.append(statement)
+    def lock(locked_id):
+        calls.append(locked_id)
         if len(calls) == 2:  # relocking to record the failure: another worker got there first
-            write_around_triggers(services.superuser_url, "UPDATE webhook_events SET status = 'processed', "
-                                  "attempts = 1, outcome = 'credited', processed_at = now() WHERE id = %(id)s", id=event_id)
-        return real_lock(statement, **params)
+            write_around_triggers(services.superuser_url,
+                                  "UPDATE webhook_events SET status = 'processed', attempts = 1, "
+                                  "outcome = 'credited', processed_at = now() WHERE id = %(id)s", id=event_id)
+        return real_lock(locked_id)
 
-    monkeypatch.setattr(apply_job, "_lock", lock)
+    monkeypatch.setattr(apply_job, "_lock_event", lock)
     monkeypatch.setattr(apply_job, "_apply", lambda **kwargs: {}["missing"])
     assert process(event_id) == "already_processed"
     event = books.event(event_id)

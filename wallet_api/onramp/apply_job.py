@@ -59,7 +59,7 @@ class ProcessingError(Exception):
 
 def process_event(*, event_id: uuid.UUID, now: dt.datetime | None = None) -> str:
     """Apply one stored event, by id, in one transaction; return the outcome (idempotent)."""
-    event = _lock(_BY_ID, id=event_id)
+    event = _lock_event(event_id)
     if event is None:
         db.session.rollback()
         log.warning("webhook_event_missing", event_id=str(event_id))
@@ -77,22 +77,17 @@ def process_event(*, event_id: uuid.UUID, now: dt.datetime | None = None) -> str
     return outcome
 
 
-def process_next_pending(*, now: dt.datetime | None = None,
-                         credited_users: set[uuid.UUID] | None = None) -> str | None:
+def process_next_pending(*, credited_users: set[uuid.UUID], now: dt.datetime | None = None) -> str | None:
     """Claim the oldest pending event that no one else is applying (SKIP LOCKED) and apply it in one
-    transaction; None when there is none. A credited user is added to `credited_users` for the
-    caller to check for credit spikes, or checked at once without it."""
-    event = _lock(_NEXT_PENDING)
+    transaction; None when there is none. A credited user is added to `credited_users`, for the
+    caller to check for credit spikes."""
+    event = _claim_next()
     if event is None:
         db.session.rollback()
         return None
-    now = now or utcnow()
-    outcome, credited_user = _process_locked(event, now=now)
+    outcome, credited_user = _process_locked(event, now=now or utcnow())
     if credited_user is not None:
-        if credited_users is None:
-            _check_credit_spikes(user_ids={credited_user}, now=now)
-        else:
-            credited_users.add(credited_user)
+        credited_users.add(credited_user)
     return outcome
 
 
@@ -155,12 +150,18 @@ _MARK_PROCESSED = update(_events).where(_events.c.id == bindparam("event_id")).v
     last_attempt_at=bindparam("now"), processed_at=bindparam("now"), next_attempt_at=None)
 
 
-def _lock(statement, **params):
-    """The event row of `statement` (an ORM object, or a plain row for a text statement), locked and
-    read fresh, with our lock timeout set for this transaction."""
-    timeout_ms = int(current_app.config["SETTINGS"].ledger_lock_timeout_ms)
-    result = db.session.execute(statement, {"lock_timeout": f"{timeout_ms}ms", **params})
-    return result.scalar_one_or_none() if statement is _BY_ID else result.one_or_none()
+def _lock_timeout() -> dict[str, str]:
+    return {"lock_timeout": f"{int(current_app.config['SETTINGS'].ledger_lock_timeout_ms)}ms"}
+
+
+def _lock_event(event_id: uuid.UUID) -> WebhookEvent | None:
+    """The event, locked and read fresh, with our lock timeout set for this transaction."""
+    return db.session.execute(_BY_ID, {**_lock_timeout(), "id": event_id}).scalar_one_or_none()
+
+
+def _claim_next() -> Row | None:
+    """The oldest pending event no one else holds, locked, as a plain row (see _NEXT_PENDING)."""
+    return db.session.execute(_NEXT_PENDING, _lock_timeout()).one_or_none()
 
 
 @functools.cache
@@ -217,7 +218,7 @@ def _record_failure_again(*, event_id: uuid.UUID, seen: tuple[str, int], attempt
                           now: dt.datetime, settings) -> str:
     """After the failed attempt was rolled back: lock the event again and record the failure, unless
     someone else moved it on meanwhile (then this attempt never happened)."""
-    event = _lock(_BY_ID, id=event_id)
+    event = _lock_event(event_id)
     if event is None or (event.status, event.attempts) != seen:
         status = event.status if event is not None else "missing"
         db.session.rollback()
@@ -323,7 +324,8 @@ def _apply(*, event, now: dt.datetime) -> tuple[str, Row, dict]:
 
     provider_updated_at = _parse_time(tx.updated_at)
     if new_status == OnrampStatus.COMPLETED:
-        outcome, changes = _complete(event=event, onramp=onramp, tx=tx, now=now, provider_updated_at=provider_updated_at)
+        outcome, changes = _complete(event=event, onramp=onramp, tx=tx, now=now,
+                                     provider_updated_at=provider_updated_at)
         return outcome, onramp, changes
 
     if (new_status not in OnrampStatus.TERMINAL and provider_updated_at is not None

@@ -7,9 +7,10 @@ or ALERT_CREDIT_SPIKE_USER_THRESHOLD (one user) raises an alert. Currencies are 
 each threshold applies to each fiat currency on its own. Checked by the wallet reconciliation
 job (everyone) and after applied credits: the credited users' windows (an indexed scan of their
 completions; a drain checks the users it credited at least every USER_CHECK_EVERY_SECONDS and
-when it ends), the platform's at most once per PLATFORM_CHECK_EVERY_SECONDS across every worker. The platform sum scans every completion of the window, so checking it after each
-credit would cost a worker time proportional to the volume it is there to watch, exactly when the
-volume is high. Nothing is blocked or reversed.
+when it ends), the platform's at most once per PLATFORM_CHECK_EVERY_SECONDS across every worker.
+The platform sum scans every completion of the window, so checking it after each credit would
+cost a worker time proportional to the volume it is there to watch, exactly when the volume is
+high. Nothing is blocked or reversed.
 """
 from __future__ import annotations
 
