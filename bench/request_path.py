@@ -1,9 +1,9 @@
 """HTTP request-path benchmark: the app under gunicorn, next to pgbench in the same run (not a test).
 
-    .venv/bin/python bench/http.py [--quick] [--seconds 8] [--rounds 3] [--clients 1,4,8,16]
-                                   [--scenarios transfer,transfer_key,wallets,ledger,webhook,metrics]
-                                   [--baseline PATH | --no-baseline] [--redis-db 12]
-                                   [--app-env development] [--py-spy DIR] [--keep-db]
+    .venv/bin/python bench/request_path.py [--quick] [--seconds 8] [--rounds 3] [--clients 1,4,8,16]
+                                           [--scenarios transfer,transfer_key,wallets,ledger,webhook,metrics]
+                                           [--baseline PATH | --no-baseline] [--redis-db 12]
+                                           [--app-env development] [--py-spy DIR] [--keep-db] [--rate-limits]
 
 What it does, bounded in time and count, on loopback only:
 1. Makes a scratch database with the migrations (on TEST_DATABASE_URL's server, else PostgreSQL on
@@ -13,7 +13,8 @@ What it does, bounded in time and count, on loopback only:
 2. Starts the app with `bin/start-web`, exactly as the Procfile does (gunicorn.conf.py; the
    environment's WEB_CONCURRENCY / GUNICORN_THREADS / DB_POOL_SIZE if set, else as shipped) in
    production mode: JSON logs at INFO (written to a scratch file), the webhook IP allowlist on,
-   Prometheus multiprocess metrics, RATELIMIT_ENABLED=false, fresh random secrets; behind a pretend
+   Prometheus multiprocess metrics, RATELIMIT_ENABLED=false (--rate-limits: on, as in production, raised
+   by RATELIMIT_* so that none is reached), fresh random secrets; behind a pretend
    router (TRUSTED_PROXY_COUNT=1, every request with X-Forwarded-Proto: https and X-Forwarded-For),
    since production serves HTTPS only; DATABASE_TLS_REQUIRED=false for the loopback server.
 3. For each round and client count: runs the baseline `run-pgbench CLIENTS SECONDS` (the bare
@@ -91,8 +92,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+RAISED_LIMIT = "1000000/minute"
+LIMITED = ("AUTH", "WALLET_READ", "WALLET_WRITE", "TRANSFERS", "ONRAMP")
+
+
 def app_environment(database_url: str, redis_url: str, port: int, metrics_dir: str,
-                    app_env: str = "production") -> dict[str, str]:
+                    app_env: str = "production", rate_limits: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env.update({
         "APP_ENV": app_env, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
@@ -105,6 +110,8 @@ def app_environment(database_url: str, redis_url: str, port: int, metrics_dir: s
         "ACCESS_TOKEN_TTL_SECONDS": "86400",
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     })
+    if rate_limits:  # counted in Redis as in production, never reached
+        env.update({"RATELIMIT_ENABLED": "true", **{f"RATELIMIT_{name}": RAISED_LIMIT for name in LIMITED}})
     for inherited in ("LOG_LEVEL", "LOG_JSON", "FLASK_APP"):
         env.pop(inherited, None)  # the APP_ENV defaults: INFO; JSON in production
     return env
@@ -537,6 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-db", type=int, default=int(os.environ.get("BENCH_REDIS_DB", "12")),
                         help="Redis db of the local server to use and flush (default 12, or $BENCH_REDIS_DB)")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the scratch database")
+    parser.add_argument("--rate-limits", action="store_true",
+                        help="rate limits on, as in production, raised by RATELIMIT_* so that none is reached "
+                             "(default off: RATELIMIT_ENABLED=false)")
     parser.add_argument("--py-spy", type=Path, metavar="DIR",
                         help="record each run's gunicorn processes with py-spy (pip install py-spy; it slows them "
                              "a little) into DIR as collapsed stacks, and print where the CPU went")
@@ -570,7 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     database_url = with_database(admin_url, name)
     workdir = Path(tempfile.mkdtemp(prefix="bench-http-"))
     port = free_port()
-    env = app_environment(database_url, redis_url, port, str(workdir / "prometheus"), args.app_env)
+    env = app_environment(database_url, redis_url, port, str(workdir / "prometheus"), args.app_env,
+                          args.rate_limits)
     web = None
     runs: list[Run] = []
     try:
@@ -580,7 +591,8 @@ def main(argv: list[str] | None = None) -> int:
         web = start_web(env, port, workdir / "web.log")
         config = (f"gunicorn {env.get('WEB_CONCURRENCY', '2 (as shipped)')} workers x "
                   f"{env.get('GUNICORN_THREADS', '4 (as shipped)')} threads, DB_POOL_SIZE "
-                  f"{env.get('DB_POOL_SIZE', '5 (as shipped)')}, APP_ENV={args.app_env}, logs at INFO")
+                  f"{env.get('DB_POOL_SIZE', '5 (as shipped)')}, APP_ENV={args.app_env}, logs at INFO, rate limits "
+                  + ("on (raised)" if args.rate_limits else "off"))
         note(f"gunicorn master {web.pid}, workers {worker_pids(web.pid)}; app log {workdir / 'web.log'}")
         for round_no in range(1, args.rounds + 1):
             for count in clients:

@@ -18,6 +18,7 @@ from wallet_api.logging import REQUEST_ID_HEADER, configure_logging, init_reques
 from wallet_api.metrics import init_request_metrics
 from wallet_api.openapi import ErrorResponses
 from wallet_api.ratelimit import RATE_LIMIT_RETRY_AFTER
+from wallet_api.ratelimit import STRATEGY as RATE_LIMIT_STRATEGY
 from wallet_api.request_parsing import JsonProvider, read_chunked_body
 from wallet_api.security import init_security
 
@@ -120,7 +121,7 @@ def _flask_config(settings: Settings) -> dict:
         "RATELIMIT_HEADERS_ENABLED": True,
         "RATELIMIT_HEADER_RETRY_AFTER": RATE_LIMIT_RETRY_AFTER,
         "RATELIMIT_KEY_PREFIX": "wallet_api:ratelimit",
-        "RATELIMIT_STRATEGY": "fixed-window",
+        "RATELIMIT_STRATEGY": RATE_LIMIT_STRATEGY,
         "API_TITLE": "Wallet Platform API",
         "API_VERSION": settings.version,
         "OPENAPI_VERSION": "3.0.3",
