@@ -87,6 +87,7 @@ class Settings:
     rq_job_timeout_seconds: int = 60
     worker_processes: int = 2
     worker_max_memory_mb: int = 512
+    worker_nice: int = 10
     wallet_reconciliation_interval_seconds: int = 15 * 60
     provider_reconciliation_interval_seconds: int = 60 * 60
     webhook_retry_interval_seconds: int = 5 * 60
@@ -319,6 +320,7 @@ def _declare(env: Env) -> dict:
         worker_processes=env.int("WORKER_PROCESSES", default("worker_processes"), validate=Range(min=1, max=64)),
         worker_max_memory_mb=env.int("WORKER_MAX_MEMORY_MB", default("worker_max_memory_mb"),
                                      validate=Range(min=64)),
+        worker_nice=env.int("WORKER_NICE", default("worker_nice"), validate=Range(min=0, max=19)),
         wallet_reconciliation_interval_seconds=env.int("WALLET_RECONCILIATION_INTERVAL_SECONDS", 900,
                                                        validate=positive),
         provider_reconciliation_interval_seconds=env.int("PROVIDER_RECONCILIATION_INTERVAL_SECONDS", 3600,

@@ -3,7 +3,9 @@
 1. Validates the configuration; exits 1 naming every problem (never a value).
 2. Waits for Redis with backoff (1 s doubling to 30 s), logging each attempt: a worker started
    while Redis is down starts working when it comes back.
-3. Runs WORKER_PROCESSES (default 2) `WalletWorker`s on every queue the app enqueues to
+3. Lowers its CPU priority by WORKER_NICE (default 10), for the processes it starts too: where web and
+   worker share a host's cores, the web's requests run first.
+4. Runs WORKER_PROCESSES (default 2) `WalletWorker`s on every queue the app enqueues to
    (`QUEUE_NAMES`, webhooks first), each with RQ's scheduler for retry intervals, under RQ's
    WorkerPool (WalletWorkerPool), which starts a new worker whenever one exits (memory limit, crash). With one
    process the worker runs in this process, without a pool.
@@ -15,6 +17,7 @@ signals every process of a dyno at once) stops them as soon as they can be stopp
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -79,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     connection = wait_for_redis(settings, shutdown_requested)
     if connection is None:
         return 0
-    log.info("worker_starting", processes=processes, queues=list(QUEUE_NAMES), burst=args.burst)
+    # Below the web process on a host that runs both: a user's request preempts a credit, which has
+    # a budget of seconds, not milliseconds. Inherited by every worker the pool forks.
+    niceness = os.nice(settings.worker_nice)
+    log.info("worker_starting", processes=processes, queues=list(QUEUE_NAMES), burst=args.burst, nice=niceness)
     if processes == 1:
         queues = [Queue(name, connection=connection) for name in QUEUE_NAMES]
         WalletWorker(queues, connection=connection).work(burst=args.burst, with_scheduler=True,

@@ -2,6 +2,7 @@
 (so a Redis that lost its data gets it back), and the worker and scheduler processes refuse to start
 on a bad environment."""
 import datetime as dt
+import os
 import signal
 import subprocess
 
@@ -208,3 +209,27 @@ def test_a_worker_process_freezes_its_app_once_built(settings):
                          text=True, timeout=60)
     before, after = map(int, out.stdout.split()[-2:])
     assert before == 0 and after > 10_000, out.stderr
+
+
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[16])  # field 19 of proc(5): nice
+
+
+@pytest.mark.parametrize("nice", [None, "3"])
+def test_the_worker_process_and_its_workers_run_below_the_web(settings, nice):
+    """WORKER_NICE (default 10) lowers the priority of the supervising process and every worker it forks."""
+    from tests.onramp.support import children_of, rq_worker_command, start_worker_process
+
+    extra = {} if nice is None else {"WORKER_NICE": nice}
+    worker = start_worker_process(settings, burst=False, command=rq_worker_command(settings, burst=False, processes=2),
+                                  **extra)
+    try:
+        wait_for(lambda: len(children_of(worker.pid)) == 2, timeout=30, message="the pool's two workers")
+        expected = os.nice(0) + (10 if nice is None else int(nice))
+        assert [_nice(pid) for pid in (worker.pid, *children_of(worker.pid))] == [expected] * 3
+        worker.send_signal(signal.SIGTERM)
+        finish(worker, timeout=30)
+    finally:
+        kill_tree(worker.pid)
+    assert worker.returncode == 0
