@@ -31,8 +31,10 @@ tests/bench runs a short one).
 The mix (--mix): GET /wallets, GET /wallets/<id>, GET /wallets/<id>/ledger?limit=20, POST /transfers
 (0.000001 ETH to another user) and POST /onramp/sessions (an ETH purchase whose completion joins the
 webhook queue). Prints req/s and latency p50/p95/p99 per endpoint, errors by status, the
-webhook-to-credit latency (the event's received_at to its credit's created_at), the goals, the machine's
-load; --json PATH writes all of it. Exit status 1 on any violated invariant.
+webhook-to-credit latency (the event's received_at to its credit's created_at), where the time of each
+endpoint went (matched by X-Request-ID to the app's request log lines: the load generator's delay, on the way
+in to the app, in the app, on the way back; see stages()), the goals, the machine's load; --json PATH writes
+all of it. Exit status 1 on any violated invariant.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import sys
 import threading
 import time
@@ -72,6 +75,7 @@ from wallet_api.onramp.signature import sign_webhook  # noqa: E402
 MIX = {"wallets": 25, "wallet": 20, "ledger": 20, "transfer": 25, "session": 10}
 EXPECTED = {"wallets": 200, "wallet": 200, "ledger": 200, "transfer": 201, "session": 201, "webhook": 200}
 READS = ("wallets", "wallet", "ledger")
+STAGES = ("queued", "to_app", "app", "from_app")  # of a request's time: see stages()
 PURCHASE = Decimal("0.01")          # what bench/webhooks.py's completed webhook credits
 TRANSFER = "0.000001"
 BASE_AMOUNT = "10.00"                # the session's fiat amount, as that webhook states it
@@ -298,12 +302,15 @@ def client_main(port: int, phase: Phase, share: float, users: list[User], mix: d
     rng = random.Random(seed)
     kinds, weights = list(mix), list(mix.values())
     results: list[tuple[str, float, int]] = []
+    timings: list[tuple[str, str, float, float, float]] = []  # request id, kind, scheduled, sent, answered
     transfers = Counter()
     lock = threading.Lock()
 
     def one(connection: Connection, kind: str, user: User, scheduled: float) -> None:
         method, path, body, headers = request_for(kind, user, users, rng)
-        status, raw = connection.send(method, path, body, headers)
+        request_id = uuid.uuid4().hex  # the app logs it: stages() finds this request's time in the app
+        sent = time.time()
+        status, raw = connection.send(method, path, body, {**headers, "X-Request-ID": request_id})
         done = time.time()
         if kind == "session" and status == 201:
             sessions.put((json.loads(raw)["id"], user.id))
@@ -312,6 +319,7 @@ def client_main(port: int, phase: Phase, share: float, users: list[User], mix: d
                 transfers[status] += 1
             if scheduled >= measure_from:
                 results.append((kind, (done - scheduled) * 1000, status))
+                timings.append((request_id, kind, scheduled, sent, done))
 
     def closed() -> None:
         connection = Connection(port)
@@ -329,7 +337,7 @@ def client_main(port: int, phase: Phase, share: float, users: list[User], mix: d
         open_loop(port, phase.rate * share, measure_from - WARMUP, until, threads,
                   lambda: (rng.choices(kinds, weights)[0], rng.choice(users)),
                   lambda connection, scheduled, item: one(connection, *item, scheduled))
-    out.put(("clients", results, transfers[201], transfers[0]))
+    out.put(("clients", results, transfers[201], transfers[0], timings))
 
 
 def open_loop(port: int, rate: float, start: float, until: float, threads: int, arrival, handle) -> None:
@@ -430,6 +438,7 @@ class PhaseResult:
     webhooks: list = field(default_factory=list)         # MoonPay ids whose scheduled time was measured
     webhook_starved: int = 0
     credit_latency: dict | None = None                   # seconds: p50, p95, p99, max, count
+    stages: dict = field(default_factory=dict)           # kind -> where its time went: see stages()
     load: str = ""
     cpu: dict = field(default_factory=dict)              # cores used on average: see cpu_share
 
@@ -504,14 +513,16 @@ def drive(platform: chaos.Platform, phase: Phase, users: list[User], options: Op
         process.join(timeout=30)
     cpu = cpu_share(cpu_before, cpu_snapshot(platform))
     rows: list[tuple[str, float, int]] = []
+    timings: list[tuple[str, str, float, float, float]] = []
     sent, used, starved, acked, unanswered = [], 0, 0, 0, 0
     for item in collected:
         if item[0] == "webhooks":
             _, sent, hook_rows, used, starved = item
             rows += hook_rows
         else:
-            _, client_rows, ok, lost = item
+            _, client_rows, ok, lost, client_timings = item
             rows += client_rows
+            timings += client_timings
             acked, unanswered = acked + ok, unanswered + lost
     result = PhaseResult(name=phase.name, mode="closed" if phase.rate is None else "open", seconds=phase.seconds,
                          offered_rate=phase.rate, webhook_rate=phase.webhook_rate, webhook_starved=starved,
@@ -530,7 +541,43 @@ def drive(platform: chaos.Platform, phase: Phase, users: list[User], options: Op
                                        p50=quantile(latencies, 0.5), p95=quantile(latencies, 0.95),
                                        p99=quantile(latencies, 0.99), max=max(latencies), errors=dict(errors))
     result.throughput = sum(s.count for k, s in result.endpoints.items() if k != "webhook") / phase.seconds
+    result.stages = stages(timings, platform.processes.log_dir / "web.log")
     return result, [moonpay_id for moonpay_id, _ in sent], used, (acked, unanswered)
+
+
+def stages(timings: list[tuple[str, str, float, float, float]], web_log: Path) -> dict:
+    """Where each endpoint's time went, matching the requests to the app's `request` log lines by request id:
+    `queued` from the scheduled time to the send (the load generator's own delay), `to_app` from the send to
+    the start of the app's handling (the network, gunicorn's queue and parsing), `app` the app's
+    `duration_ms`, `from_app` from the app's log line to the answer (the app's last after-request steps,
+    the session's cleanup, gunicorn's write, the client's read). Per kind: p50 and p99 of each, and their
+    means over the slowest 1% of requests (what the p99 is made of)."""
+    in_app: dict[str, tuple[float, float]] = {}  # request id -> (app start, app end), epoch seconds
+    with contextlib.suppress(FileNotFoundError), open(web_log, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if '"event": "request"' not in line:
+                continue
+            try:
+                event = json.loads(line)
+                end = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+                in_app[event["request_id"]] = (end - event["duration_ms"] / 1000, end)
+            except (ValueError, KeyError, TypeError):
+                continue
+    by_kind: dict[str, list[dict]] = {}
+    for request_id, kind, scheduled, sent, done in timings:
+        if request_id in in_app:
+            start, end = in_app[request_id]
+            by_kind.setdefault(kind, []).append({
+                "total": (done - scheduled) * 1000, "queued": (sent - scheduled) * 1000,
+                "to_app": (start - sent) * 1000, "app": (end - start) * 1000, "from_app": (done - end) * 1000})
+    result = {}
+    for kind, found in by_kind.items():
+        slowest = sorted(found, key=lambda r: r["total"])[-max(1, len(found) // 100):]
+        result[kind] = {"matched": len(found), **{
+            part: {"p50": quantile([r[part] for r in found], 0.5), "p99": quantile([r[part] for r in found], 0.99),
+                   "slowest_1pct": statistics.fmean(r[part] for r in slowest)}
+            for part in STAGES}}
+    return result
 
 
 # --------------------------------------------------------------------------- the worker pool
@@ -803,6 +850,15 @@ def render(report: Report) -> str:
                          f"({1000 * c['web'] / max(requests, 1e-9):.1f} ms per request) + workers {c['workers']:.2f} "
                          f"+ load generator {c['clients']:.2f} + PostgreSQL (the scratch database) "
                          f"{c['postgres']:.2f} + the rest of the machine {c['rest']:.2f}")
+        if phase.stages:
+            lines += ["", "Where the time went, ms (p50 / p99 / mean of the slowest 1%): queued = the load generator's "
+                          "delay, to app = network + gunicorn's queue and parsing, app = the app's request line's "
+                          "duration, from app = after-request steps, cleanup, gunicorn's write, the client's read",
+                      "", "| endpoint | matched | queued | to app | app | from app |", "|---|---:|---:|---:|---:|---:|"]
+            for kind, st in phase.stages.items():
+                lines.append(f"| {kind} | {st['matched']} | " + " | ".join(
+                    f"{st[part]['p50']:.1f} / {st[part]['p99']:.1f} / {st[part]['slowest_1pct']:.1f}"
+                    for part in STAGES) + " |")
         if phase.webhook_starved:
             lines.append(f"({phase.webhook_starved} webhook arrivals found no purchase to complete)")
     g = report.goals
