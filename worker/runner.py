@@ -29,6 +29,7 @@ import importlib
 import logging
 import os
 import resource
+import signal
 import threading
 import time
 import uuid
@@ -48,6 +49,8 @@ from wallet_api.logging import job_context
 log = structlog.get_logger("worker.runner")
 
 MAX_BACKOFF_SECONDS = 30
+# How long a stopping worker waits for its scheduler process after each SIGTERM (see stop_scheduler).
+SCHEDULER_STOP_SECONDS = 2.0
 _app: Flask | None = None
 # Set by SIGTERM/SIGINT: by worker.main's handler until RQ installs its own (a signal during start-up, which
 # a pool's children inherit too), then by RQ's through request_stop.
@@ -146,6 +149,26 @@ class WalletWorker(SimpleWorker):
     def request_stop(self, signum, frame):
         shutdown_requested.set()
         return super().request_stop(signum, frame)
+
+    def stop_scheduler(self):
+        """RQ's, bounded. The scheduler is a process forked a moment ago when a worker is stopped as
+        it starts: until it installs its own handlers it runs the worker's, which do not end it, so
+        RQ's SIGTERM-then-join can wait forever (and the dyno with it). Ask again, then kill: it only
+        moves scheduled jobs, and its Redis locks expire by themselves."""
+        process = self.scheduler._process if self.scheduler else None
+        if process is None or not process.pid:
+            return
+        for sig, wait in ((signal.SIGTERM, SCHEDULER_STOP_SECONDS), (signal.SIGTERM, SCHEDULER_STOP_SECONDS),
+                          (signal.SIGKILL, None)):
+            if sig == signal.SIGKILL:
+                log.warning("scheduler_killed", worker=self.name, pid=process.pid)
+            try:
+                os.kill(process.pid, sig)
+            except OSError:
+                pass
+            process.join(wait)
+            if not process.is_alive():
+                return
 
     def execute_job(self, job, queue):
         # RQ's own lines about the job (its outcome, a traceback) carry the job's context too.

@@ -5,6 +5,7 @@ import datetime as dt
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 from rq import Queue
@@ -231,3 +232,29 @@ def test_the_worker_process_and_its_workers_run_below_the_web(settings, nice):
     finally:
         kill_tree(worker.pid)  # (stopping cleanly is test_sigterm_stops_an_idle_worker_cleanly's)
         worker.wait(timeout=30)
+
+
+def test_a_worker_stopped_as_its_scheduler_starts_does_not_wait_for_it_forever(settings):
+    """A dyno stopped as it starts: the worker signals the scheduler process it has just forked, which
+    still runs the worker's inherited handler (not its own, that would end it). RQ's own stop then
+    joined it forever; the worker asks again, then kills it."""
+    from redis import Redis
+    from worker.runner import SCHEDULER_STOP_SECONDS, WalletWorker
+
+    connection = Redis.from_url(settings.redis_url)
+    # A queue of its own: its scheduler lock is free whatever other tests' workers left in Redis.
+    worker = WalletWorker([Queue(f"scheduler-stop-{os.getpid()}", connection=connection)], connection=connection)
+    inherited = signal.signal(signal.SIGTERM, lambda *_: None)  # a handler that does not end the process
+    try:
+        worker._start_scheduler(logging_level="WARNING")  # takes the scheduler locks and forks the scheduler
+        process = worker.scheduler._process
+        assert process is not None and process.is_alive()
+        started = time.monotonic()
+        worker.stop_scheduler()
+        assert not process.is_alive()
+        assert time.monotonic() - started < 3 * SCHEDULER_STOP_SECONDS + 10
+    finally:
+        signal.signal(signal.SIGTERM, inherited)
+        if worker.scheduler and worker.scheduler._process and worker.scheduler._process.is_alive():
+            worker.scheduler._process.kill()
+        worker.scheduler.release_locks()
