@@ -31,7 +31,14 @@ from rq.worker_pool import WorkerPool
 from wallet_api.config import ConfigError, Settings, load_settings
 from wallet_api.logging import configure_logging
 from wallet_api.queues import QUEUE_NAMES, redis_from_settings
-from worker.runner import MAX_BACKOFF_SECONDS, WalletWorker, request_shutdown, shutdown_requested, stopping
+from worker.runner import (
+    MAX_BACKOFF_SECONDS,
+    WalletWorker,
+    request_shutdown,
+    share_pool_stop,
+    shutdown_requested,
+    stopping,
+)
 
 log = structlog.get_logger("worker.main")
 
@@ -53,7 +60,24 @@ def wait_for_redis(settings: Settings, stop: threading.Event) -> Redis | None:
 
 class WalletWorkerPool(WorkerPool):
     """RQ's pool, honouring a SIGTERM that arrived while it was forking its workers (before its own
-    handlers were installed): otherwise it would keep replacing the workers that stopped on it."""
+    handlers were installed): otherwise it would keep replacing the workers that stopped on it. Its
+    stop also sets an event every worker it forked sees (`runner.share_pool_stop`): RQ's stop signal
+    to a worker is lost if it lands while that worker is being forked, and the pool would wait for
+    it forever."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._supervisor_pid = os.getpid()
+        self._stop_event = share_pool_stop()
+
+    def request_stop(self, signum=None, frame=None):
+        if os.getpid() != self._supervisor_pid:
+            # A worker forked after the pool installed this handler runs it until RQ installs its own:
+            # that worker stops (as with worker.main's handler), not the pool and its siblings.
+            request_shutdown()
+            return None
+        self._stop_event.set()
+        return super().request_stop(signum, frame)
 
     def _install_signal_handlers(self):
         super()._install_signal_handlers()

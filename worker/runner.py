@@ -27,6 +27,7 @@ import contextlib
 import gc
 import importlib
 import logging
+import multiprocessing
 import os
 import resource
 import signal
@@ -55,6 +56,10 @@ _app: Flask | None = None
 # Set by SIGTERM/SIGINT: by worker.main's handler until RQ installs its own (a signal during start-up, which
 # a pool's children inherit too), then by RQ's through request_stop.
 shutdown_requested = threading.Event()
+# Set by a worker pool's supervisor as it stops its workers (worker/main.py), seen by every worker it
+# forked: its stop signal to a worker that was being forked at that instant can be lost (the child
+# drops a signal that arrives before the interpreter has finished forking); this cannot.
+pool_stopping = None
 _fork_hook_installed = False
 
 
@@ -73,7 +78,14 @@ def get_app() -> Flask:
 
 def stopping() -> bool:
     """True once this worker was asked to stop: long jobs hand back at their next safe point."""
-    return shutdown_requested.is_set()
+    return shutdown_requested.is_set() or (pool_stopping is not None and pool_stopping.is_set())
+
+
+def share_pool_stop():
+    """In a pool's supervisor, before it forks its workers: the event its stop sets for all of them."""
+    global pool_stopping
+    pool_stopping = multiprocessing.get_context("fork").Event()
+    return pool_stopping
 
 
 def request_shutdown(*_signal) -> None:

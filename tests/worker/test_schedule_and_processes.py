@@ -258,3 +258,43 @@ def test_a_worker_stopped_as_its_scheduler_starts_does_not_wait_for_it_forever(s
         if worker.scheduler and worker.scheduler._process and worker.scheduler._process.is_alive():
             worker.scheduler._process.kill()
         worker.scheduler.release_locks()
+
+
+def test_a_pool_stopping_is_seen_by_every_worker_it_forked_even_one_its_signal_missed(settings, monkeypatch):
+    """RQ stops a pool's workers with a signal each, and a signal that lands while a worker is being forked
+    is lost. The pool's stop also sets an event its workers share; a signal to one worker alone (through
+    the pool's handler it inherits at first) stops that worker, not the pool."""
+    import multiprocessing
+
+    from redis import Redis
+
+    import worker.runner as runner
+    from worker.main import WalletWorkerPool
+
+    monkeypatch.setattr(runner, "pool_stopping", None)
+    monkeypatch.setattr(runner, "shutdown_requested", __import__("threading").Event())
+    pool = WalletWorkerPool(["webhooks"], connection=Redis.from_url(settings.redis_url), num_workers=1)
+    fork = multiprocessing.get_context("fork")
+
+    def worker_waits_for_the_stop():  # a worker that never got the pool's signal
+        deadline = time.monotonic() + 20
+        while not runner.stopping():
+            if time.monotonic() > deadline:
+                os._exit(1)
+            time.sleep(0.01)
+        os._exit(0)
+
+    def worker_signalled_alone():  # the pool's handler, inherited, run in a worker
+        pool.request_stop()
+        os._exit(0 if runner.shutdown_requested.is_set() and not runner.pool_stopping.is_set() else 1)
+
+    alone = fork.Process(target=worker_signalled_alone)
+    alone.start()
+    alone.join(20)
+    assert alone.exitcode == 0 and not runner.stopping()  # the pool goes on
+
+    waiting = fork.Process(target=worker_waits_for_the_stop)
+    waiting.start()
+    pool.request_stop()  # in the supervisor
+    waiting.join(20)
+    assert waiting.exitcode == 0 and runner.stopping()
