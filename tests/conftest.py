@@ -197,7 +197,7 @@ def admin(make_user):
 
 
 @pytest.fixture
-def make_settings_app(settings):
+def make_settings_app(settings, app):  # `app`: the schema migrated, and the state cleaned after
     """make_settings_app(**overrides) -> a second app on the same database and Redis."""
     built = []
 

@@ -17,8 +17,7 @@ from wallet_api.extensions import api, db, jwt, limiter, migrate
 from wallet_api.logging import REQUEST_ID_HEADER, configure_logging, init_request_logging
 from wallet_api.metrics import init_request_metrics
 from wallet_api.openapi import ErrorResponses
-from wallet_api.ratelimit import RATE_LIMIT_RETRY_AFTER
-from wallet_api.ratelimit import STRATEGY as RATE_LIMIT_STRATEGY
+from wallet_api.ratelimit import RATE_LIMIT_RETRY_AFTER, STRATEGY as RATE_LIMIT_STRATEGY
 from wallet_api.request_parsing import JsonProvider, read_chunked_body
 from wallet_api.security import init_security
 

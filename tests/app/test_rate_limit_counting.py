@@ -15,7 +15,7 @@ from wallet_api.extensions import db
 
 
 @pytest.fixture
-def limited_app(make_settings_app, app):  # `app`: the migrated schema, and Redis flushed after
+def limited_app(make_settings_app):
     limited = make_settings_app(ratelimit_enabled=True, rate_limits=RateLimits(wallet_read="5/minute"))
     yield limited
     with limited.app_context():
