@@ -67,8 +67,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import chaos  # noqa: E402 - after the path set-up, like the other benchmarks
-from bench.request_path import (DEFAULT_BASELINE, TICK, _stat as proc_stat, cpu_pressure,  # noqa: E402
-                                run_baseline, server_cpu_seconds)
+from bench.request_path import (DEFAULT_BASELINE, LIMITED, RAISED_LIMIT, TICK, _stat as proc_stat,  # noqa: E402
+                                cpu_pressure, run_baseline, server_cpu_seconds)
 from bench.webhooks import webhook as completed_webhook  # noqa: E402
 from wallet_api.onramp.signature import sign_webhook  # noqa: E402
 
@@ -124,7 +124,6 @@ class Options:
 
 def platform_settings(secret: str, metrics_dir: Path) -> dict[str, str]:
     """Production, behind one trusted proxy, rate limits on but out of the way of the load."""
-    raised = "1000000/minute"
     return {
         "APP_ENV": "production", "LOG_LEVEL": "INFO", "LOG_JSON": "true",
         # The scratch server listens on loopback without TLS.
@@ -140,7 +139,7 @@ def platform_settings(secret: str, metrics_dir: Path) -> dict[str, str]:
         # concurrent request in a process would open, and close, a connection of its own.
         "DB_POOL_SIZE": "5", "DB_MAX_OVERFLOW": "5",
         "RATELIMIT_ENABLED": "true",
-        **{f"RATELIMIT_{name}": raised for name in ("AUTH", "WALLET_READ", "WALLET_WRITE", "TRANSFERS", "ONRAMP")},
+        **{f"RATELIMIT_{name}": RAISED_LIMIT for name in LIMITED},
     }
 
 

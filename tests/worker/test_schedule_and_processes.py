@@ -212,11 +212,6 @@ def test_a_worker_process_freezes_its_app_once_built(settings):
     assert before == 0 and after > 10_000, out.stderr
 
 
-def _nice(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as fh:
-        return int(fh.read().rsplit(")", 1)[1].split()[16])  # field 19 of proc(5): nice
-
-
 @pytest.mark.parametrize("nice", [None, "3"])
 def test_the_worker_process_and_its_workers_run_below_the_web(settings, nice):
     """WORKER_NICE (default 10) lowers the priority of the supervising process and every worker it forks."""
@@ -228,7 +223,8 @@ def test_the_worker_process_and_its_workers_run_below_the_web(settings, nice):
     try:
         wait_for(lambda: len(children_of(worker.pid)) == 2, timeout=30, message="the pool's two workers")
         expected = os.nice(0) + (10 if nice is None else int(nice))
-        assert [_nice(pid) for pid in (worker.pid, *children_of(worker.pid))] == [expected] * 3
+        pids = (worker.pid, *children_of(worker.pid))
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in pids] == [expected] * 3
     finally:
         kill_tree(worker.pid)  # (stopping cleanly is test_sigterm_stops_an_idle_worker_cleanly's)
         worker.wait(timeout=30)
