@@ -44,11 +44,12 @@ def _periodic(name: str, work, run_id: str | None, trigger: str) -> dict:
         return run_job(name, work, trigger=trigger, run_id=uuid.UUID(run_id) if run_id else None)
 
 
-def drain_webhook_events() -> dict:
-    """Apply stored webhook events until none is left or the time budget is spent (see drain_queue.py)."""
+def drain_webhook_events(helper: bool = False) -> dict:
+    """Apply stored webhook events until none is left or the time budget is spent: the stream drain,
+    or a helper that joins a backlog (see drain_queue.py)."""
     _bind_job()
     with job_app_context():
-        result = drain_pending(budget_seconds=DRAIN_BUDGET_SECONDS, should_stop=stopping)
+        result = drain_pending(budget_seconds=DRAIN_BUDGET_SECONDS, should_stop=stopping, helper=helper)
     return {"processed": result.processed, "more_left": result.more_left}
 
 

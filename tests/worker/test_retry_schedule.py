@@ -10,7 +10,7 @@ from tests.onramp.support import DRAIN, moonpay_event, post_webhook, queued_func
 from wallet_api.extensions import db
 from wallet_api.metrics import WEBHOOK_EVENTS
 from wallet_api.onramp.apply_job import process_event
-from wallet_api.onramp.drain_queue import DRAIN_REQUESTED
+from wallet_api.onramp.drain_queue import DRAIN_REQUESTED, HELPER_REQUESTED
 from wallet_api.onramp.retry_job import run_webhook_maintenance
 from wallet_api.queues import WEBHOOKS
 
@@ -50,8 +50,8 @@ def failing_event(client, user, onramp, books):
 
 
 def forget_queued(redis_client):
-    """Empty the webhooks queue (and the drain flag): the test runs events by hand."""
-    redis_client.delete(Queue(WEBHOOKS, connection=redis_client).key, DRAIN_REQUESTED)
+    """Empty the webhooks queue (and the drain flags): the test runs events by hand."""
+    redis_client.delete(Queue(WEBHOOKS, connection=redis_client).key, DRAIN_REQUESTED, HELPER_REQUESTED)
 
 
 def test_a_failing_event_walks_the_backoff_schedule_into_the_dlq(clock_app, failing_event, books, redis_client,

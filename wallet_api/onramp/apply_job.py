@@ -36,7 +36,7 @@ from wallet_api.metrics import record_webhook, timed
 from wallet_api.onramp import moonpay
 from wallet_api.onramp.credit_spike import PLATFORM_CHECK_EVERY_SECONDS, USER_CHECK_EVERY_SECONDS, find_credit_spikes
 from wallet_api.onramp.dead_letters import dead_letter
-from wallet_api.onramp.drain_queue import drain_started, request_drain_now
+from wallet_api.onramp.drain_queue import DrainLease, helper_started, request_drain_now
 from wallet_api.onramp.models import EventStatus, OnrampStatus, OnrampTransaction, WebhookEvent
 from wallet_api.onramp.moonpay import PROVIDER, MoonPayTransaction
 from wallet_api.queues import redis_connection
@@ -97,31 +97,92 @@ class DrainResult:
     more_left: bool  # stopped by the time budget or a shutdown with events still pending
 
 
-def drain_pending(*, budget_seconds: float, should_stop: Callable[[], bool]) -> DrainResult:
+# How long a stream drain waits for the next event after finding none, and how often it looks:
+# at a steady stream, events arrive well inside this and one job serves them all.
+LINGER_SECONDS = 0.2
+LINGER_POLL_SECONDS = 0.02
+
+
+def drain_pending(*, budget_seconds: float, should_stop: Callable[[], bool], helper: bool = False,
+                  linger_seconds: float = LINGER_SECONDS) -> DrainResult:
     """The drain job: apply pending events, one transaction each, until none is left, `budget_seconds`
-    have passed or the worker is shutting down. A backlog asks for another drain at once, so idle
-    workers join in; work left over asks for the next one (see drain_queue.py). The users it
-    credited are checked for credit spikes together, every USER_CHECK_EVERY_SECONDS and at the end
-    (a drain killed in between leaves them to the wallet reconciliation job's check)."""
-    drain_started()
-    if _pending_at_least(2):
-        request_drain_now()  # more than this drain's next event waits: let another worker join now
+    have passed or the worker is shutting down (see drain_queue.py for the two kinds). A stream drain
+    holds the drain lease while it works and lingers for the next event; a helper does neither. A
+    backlog asks for a helper, so idle workers join in; work left over asks for a continuation. The
+    users it credited are checked for credit spikes together, every USER_CHECK_EVERY_SECONDS and at
+    the end (a drain killed in between leaves them to the wallet reconciliation job's check)."""
+    lease = None if helper else DrainLease()
+    if lease is None:
+        helper_started()
+    else:
+        lease.hold()
     deadline = time.monotonic() + budget_seconds
-    processed = 0
     credited: set[uuid.UUID] = set()
-    next_check = time.monotonic() + USER_CHECK_EVERY_SECONDS
-    while not should_stop() and time.monotonic() < deadline:
-        if process_next_pending(credited_users=credited) is None:
-            _check_credit_spikes(user_ids=credited)
-            return DrainResult(processed=processed, more_left=False)
-        processed += 1
+
+    def out_of_time() -> bool:
+        return should_stop() or time.monotonic() >= deadline
+
+    try:
+        processed, finished = _drain(lease, credited, out_of_time, linger_seconds)
+    except BaseException:
+        if lease is not None:
+            lease.release()  # the job fails and RQ runs it again; new events queue drains meanwhile
+        raise
+    _check_credit_spikes(user_ids=credited)
+    if not finished:
+        request_drain_now(helper=helper)
+    return DrainResult(processed=processed, more_left=not finished)
+
+
+def _drain(lease: DrainLease | None, credited: set[uuid.UUID], out_of_time: Callable[[], bool],
+           linger_seconds: float) -> tuple[int, bool]:
+    """drain_pending's loop: how many events it applied, and whether it found none left (False when
+    time ran out first). The lease, if any, is released when it returns."""
+    processed = 0
+    next_check = next_backlog_check = time.monotonic()
+    next_check += USER_CHECK_EVERY_SECONDS
+    while not out_of_time():
+        if time.monotonic() >= next_backlog_check:
+            if _pending_at_least(2):
+                request_drain_now(helper=True)  # more than this drain's next event waits: let a worker join
+            next_backlog_check = time.monotonic() + USER_CHECK_EVERY_SECONDS
         if credited and time.monotonic() >= next_check:
             _check_credit_spikes(user_ids=credited)
             credited.clear()
             next_check = time.monotonic() + USER_CHECK_EVERY_SECONDS
-    _check_credit_spikes(user_ids=credited)
-    request_drain_now()
-    return DrainResult(processed=processed, more_left=True)
+        if lease is not None:
+            lease.renew_if_due()
+        if process_next_pending(credited_users=credited) is not None:
+            processed += 1
+            continue
+        if lease is None:
+            return processed, True
+        if _linger(linger_seconds, credited, out_of_time):
+            processed += 1
+            continue
+        # None came. Let go of the lease, then look once more: an event whose receipt saw the lease
+        # was committed before the release, and this look sees it.
+        lease.release()
+        if out_of_time():
+            return processed, False  # the continuation looks for it
+        if process_next_pending(credited_users=credited) is None:
+            return processed, True
+        processed += 1
+        lease.hold()
+    if lease is not None:
+        lease.release()
+    return processed, False
+
+
+def _linger(seconds: float, credited: set[uuid.UUID], out_of_time: Callable[[], bool]) -> bool:
+    """Wait up to `seconds` for an event to claim, and apply it; False if none came. Looking is a claim
+    (SKIP LOCKED): an event another drain holds is not one to wait for."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until and not out_of_time():
+        time.sleep(LINGER_POLL_SECONDS)
+        if process_next_pending(credited_users=credited) is not None:
+            return True
+    return False
 
 
 def _pending_at_least(count: int) -> bool:

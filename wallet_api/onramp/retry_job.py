@@ -41,7 +41,7 @@ def run_webhook_maintenance(*, now: dt.datetime | None = None, batch: int = SWEE
         (WebhookEvent.status == EventStatus.PENDING)
         & or_(WebhookEvent.enqueued_at.is_(None), WebhookEvent.enqueued_at < stale_before),
         order_by=WebhookEvent.enqueued_at, now=now, batch=batch)
-    drain = request_drain()
+    drain = request_drain(helper=True)  # never swallowed by the lease of a drain that was killed
     db.session.commit()
     failed = 0 if drain.ok else due + stale
     for outcome, claimed in (("retry_enqueued", due), ("swept", stale)):
@@ -76,4 +76,4 @@ def reset_for_replay(*, event: WebhookEvent, now: dt.datetime) -> None:
     event.outcome = None
     event.enqueued_at = now
     event.enqueue_count += 1
-    request_drain()
+    request_drain(helper=True)
