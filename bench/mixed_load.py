@@ -470,7 +470,21 @@ def cpu_snapshot(platform: chaos.Platform) -> dict:
     return {"machine": machine_busy_seconds(), "web": server_cpu_seconds(platform.web.pid),
             "workers": sum(server_cpu_seconds(dyno.pid) for dyno in platform.dynos if dyno is not None),
             "clients": children.children_user + children.children_system,
-            "backends": backend_seconds(platform.database), "wall": time.monotonic()}
+            "backends": backend_seconds(platform.database), "jobs": rq_jobs_run(platform.redis.url),
+            "wall": time.monotonic()}
+
+
+def rq_jobs_run(redis_url: str) -> int:
+    """Jobs the live RQ workers have finished so far (RQ's own counters in each worker's hash)."""
+    from redis import Redis
+
+    redis = Redis.from_url(redis_url)
+    total = 0
+    for key in redis.smembers("rq:workers"):
+        done, failed = redis.hmget(key, "successful_job_count", "failed_job_count")
+        total += int(done or 0) + int(failed or 0)
+    redis.close()
+    return total
 
 
 def cpu_share(before: dict, after: dict) -> dict[str, float]:
@@ -480,6 +494,7 @@ def cpu_share(before: dict, after: dict) -> dict[str, float]:
     used = {k: (after[k] - before[k]) / wall for k in ("machine", "web", "workers", "clients")}
     used["postgres"] = sum(t - before["backends"].get(pid, 0.0) for pid, t in after["backends"].items()) / wall
     used["rest"] = used["machine"] - used["web"] - used["workers"] - used["clients"] - used["postgres"]
+    used["jobs"] = after["jobs"] - before["jobs"]  # a count, not cores
     return used
 
 
@@ -849,6 +864,9 @@ def render(report: Report) -> str:
                          f"({1000 * c['web'] / max(requests, 1e-9):.1f} ms per request) + workers {c['workers']:.2f} "
                          f"+ load generator {c['clients']:.2f} + PostgreSQL (the scratch database) "
                          f"{c['postgres']:.2f} + the rest of the machine {c['rest']:.2f}")
+            if "jobs" in c:
+                webhooks = phase.endpoints.get("webhook", Stats(0, 0, 0, 0, 0, 0, {})).count
+                lines.append(f"RQ jobs run by the workers: {c['jobs']} for {webhooks} webhooks")
         if phase.stages:
             lines += ["", "Where the time went, ms (p50 / p99 / mean of the slowest 1%): queued = the load generator's "
                           "delay, to app = network + gunicorn's queue and parsing, app = the app's request line's "

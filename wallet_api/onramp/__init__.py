@@ -9,7 +9,8 @@ does only cheap, local work and PostgreSQL (never Redis) holds everything that m
    `Moonpay-Signature-V2` over the raw bytes (401), body shape (400), then ONE statement
    `INSERT ... ON CONFLICT (provider, event_key) DO NOTHING` and a commit. Only after the commit
    does it ask the workers for a drain (`drain_queue.py`): at most one drain job waits in the
-   queue, so a burst of webhooks queues one job, not one per event. The answer is 200 whether
+   queue, and the running drain holds its flag as a lease, so a burst or a steady stream of
+   webhooks queues one job, not one per event. The answer is 200 whether
    Redis took the request or not: an event left pending is found by the sweeper. The request
    path never touches a wallet.
 
@@ -30,8 +31,9 @@ does only cheap, local work and PostgreSQL (never Redis) holds everything that m
    processed, locks the on-ramp transaction row (FOR UPDATE), moves its status forward only, and
    for `completed` calls `ledger.credit(commit=False, savepoint=False)` with the key
    `webhook:moonpay:{moonpay_tx_id}:{wallet_id}:credit`; marks the on-ramp transaction completed
-   and the event processed; commits; and takes the next event, until none is left or its time
-   budget is spent. Several workers drain side by side without touching each other's events.
+   and the event processed; commits; and takes the next event, until none is left (it waits
+   briefly for one more first) or its time budget is spent. A backlog brings in helper drains:
+   several workers drain side by side without touching each other's events.
    Concurrent deliveries of one purchase serialise on the on-ramp row lock; the ledger's unique
    idempotency key is the backstop; a crash before the commit leaves no trace, and the event is
    simply applied again.
