@@ -167,3 +167,16 @@ def test_the_sweeper_asks_for_a_helper_even_under_a_lease_left_by_a_killed_drain
         assert run_webhook_maintenance().swept == 1
         db.session.remove()
     assert queued_kwargs(redis_client) == [{"helper": True}]
+
+
+def test_events_stored_under_the_lease_of_a_killed_drain_are_applied_once_it_lapses(
+        app, store, books, redis_client, run_jobs):
+    forget_queued(redis_client)
+    redis_client.set(DRAIN_REQUESTED, "lease of a drain killed mid-stream", px=700)  # LEASE_TTL_SECONDS, shortened
+    store(2)
+    assert queued_functions(redis_client) == []  # stranded for now: the dead drain's lease answers for them
+    time.sleep(1.0)
+    store(1)  # the next receipt after the lapse queues a drain, which applies everything pending
+    assert queued_functions(redis_client) == [DRAIN]
+    run_jobs()
+    assert pending(books) == 0 and len(books.events()) == 3
