@@ -43,7 +43,8 @@ does only cheap, local work and PostgreSQL (never Redis) holds everything that m
    rolls its whole transaction back, locks the event again and, if no one else has run it
    meanwhile, records attempts, last_error and next_attempt_at. The first run is followed by up
    to WEBHOOK_MAX_RETRIES retries, 1, 5, 15, 30 and 60 minutes apart
-   (WEBHOOK_RETRY_BACKOFF_SECONDS); when the last one fails the event is parked in the dead letter queue (`dead_letters.py`) and a WEBHOOK_FAILURE alert (high) is raised.
+   (WEBHOOK_RETRY_BACKOFF_SECONDS); when the last one fails the event is parked in the dead
+   letter queue (`dead_letters.py`) and a WEBHOOK_FAILURE alert (high) is raised.
    Infrastructure errors (the database gone) raise instead, and RQ's own Retry re-runs the job.
 
 5. Recover (runs in a worker; `retry_job.py`, the periodic webhook-retry job): make retries that
