@@ -17,7 +17,8 @@ from wallet_api.extensions import api, db, jwt, limiter, migrate
 from wallet_api.logging import REQUEST_ID_HEADER, configure_logging, init_request_logging
 from wallet_api.metrics import init_request_metrics
 from wallet_api.openapi import ErrorResponses
-from wallet_api.ratelimit import RATE_LIMIT_RETRY_AFTER, STRATEGY as RATE_LIMIT_STRATEGY
+from wallet_api.ratelimit import (RATE_LIMIT_REDIS_TIMEOUT_SECONDS, RATE_LIMIT_RETRY_AFTER,
+                                  STRATEGY as RATE_LIMIT_STRATEGY)
 from wallet_api.request_parsing import JsonProvider, read_chunked_body
 from wallet_api.security import init_security
 
@@ -121,6 +122,13 @@ def _flask_config(settings: Settings) -> dict:
         "RATELIMIT_HEADER_RETRY_AFTER": RATE_LIMIT_RETRY_AFTER,
         "RATELIMIT_KEY_PREFIX": "wallet_api:ratelimit",
         "RATELIMIT_STRATEGY": RATE_LIMIT_STRATEGY,
+        # Redis down or hung: every limit is counted in the process's memory until Redis answers again
+        # (each worker counts alone meanwhile), instead of a 500 on every limited request, or a
+        # request waiting on a socket with no timeout. See docs/RATE_LIMITING.md.
+        "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+        "RATELIMIT_SWALLOW_ERRORS": True,
+        "RATELIMIT_STORAGE_OPTIONS": {"socket_connect_timeout": RATE_LIMIT_REDIS_TIMEOUT_SECONDS,
+                                      "socket_timeout": RATE_LIMIT_REDIS_TIMEOUT_SECONDS},
         "API_TITLE": "Wallet Platform API",
         "API_VERSION": settings.version,
         "OPENAPI_VERSION": "3.0.3",
