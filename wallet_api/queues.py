@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from flask import current_app
+from flask import current_app, has_request_context
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
@@ -42,12 +42,23 @@ def redis_from_settings(settings: Settings, **options) -> Redis:
     return Redis.from_url(settings.redis_url, **{**defaults, **options})
 
 
+# A web request's Redis work is never the only record of anything (PostgreSQL holds it, and the
+# sweepers find what Redis missed), and a command answers in well under a millisecond: a request
+# gives Redis this long, so that a hung Redis cannot hold gunicorn's threads. Jobs keep the 5 s.
+REQUEST_REDIS_TIMEOUT_SECONDS = 0.5
+
+
 def redis_connection() -> Redis:
-    """One client (connection pool) per app."""
+    """One client (connection pool) per app for jobs and commands, and one for web requests, whose
+    calls time out after REQUEST_REDIS_TIMEOUT_SECONDS."""
     ext = current_app.extensions
-    if "wallet_redis" not in ext:
-        ext["wallet_redis"] = redis_from_settings(current_app.config["SETTINGS"])
-    return ext["wallet_redis"]
+    key = "wallet_redis_requests" if has_request_context() else "wallet_redis"
+    client = ext.get(key)
+    if client is None:
+        timeouts = ({"socket_connect_timeout": REQUEST_REDIS_TIMEOUT_SECONDS,
+                     "socket_timeout": REQUEST_REDIS_TIMEOUT_SECONDS} if key == "wallet_redis_requests" else {})
+        client = ext.setdefault(key, redis_from_settings(current_app.config["SETTINGS"], **timeouts))
+    return client
 
 
 class TracedQueue(Queue):

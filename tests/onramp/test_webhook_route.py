@@ -273,6 +273,31 @@ def test_with_redis_down_the_event_is_still_stored_and_answered_200(settings, ev
     assert receive_count("accepted_not_enqueued") == before + 1
 
 
+def test_with_redis_hung_the_event_is_stored_and_answered_without_waiting_for_it(
+        settings, event, books, make_settings_app, tmp_path):
+    import os
+    import signal
+
+    from tests.onramp.support import PrivateRedis
+
+    redis = PrivateRedis(tmp_path).start()
+    try:
+        app = make_settings_app(redis_url=redis.url)
+        os.kill(redis.process.pid, signal.SIGSTOP)  # accepts connections, answers nothing
+        before = receive_count("accepted_not_enqueued")
+        started = time.monotonic()
+        res = post_webhook(app.test_client(), event)
+        waited = time.monotonic() - started
+        assert res.status_code == 200 and res.get_json() == {"received": True}
+        assert waited < 2  # one request timeout (0.5 s) and the rest; Redis's own would be 5 s
+        (stored,) = books.events()
+        assert stored["status"] == "pending"  # the sweeper's to find, or the next webhook's drain
+        assert receive_count("accepted_not_enqueued") == before + 1
+    finally:
+        os.kill(redis.process.pid, signal.SIGCONT)
+        redis.kill()
+
+
 def test_the_webhook_is_never_rate_limited(make_settings_app, user, onramp):
     from wallet_api.config import RateLimits
 
