@@ -69,14 +69,15 @@ class FixedWindowWithStats(FixedWindowRateLimiter):
     limit this request did not hit (a `test`-only limit).
     """
 
-    # limits' own incr_expire.lua, returning the key's TTL with the count.
+    # limits' own incr_expire.lua, returning the key's time to live (in ms: TTL's whole seconds are
+    # rounded, so the window's end computed from them moves by a second between requests) with the count.
     SCRIPT = """
 local amount = tonumber(ARGV[2])
 local current = redis.call("incrby", KEYS[1], amount)
 if tonumber(current) == amount then
     redis.call("expire", KEYS[1], ARGV[1])
 end
-return {current, redis.call("ttl", KEYS[1])}
+return {current, redis.call("pttl", KEYS[1])}
 """
 
     def __init__(self, storage):
@@ -88,9 +89,9 @@ return {current, redis.call("ttl", KEYS[1])}
         if self._script is None or not has_request_context():
             return super().hit(item, *identifiers, cost=cost)
         key = item.key_for(*identifiers)
-        current, ttl = self._script([self.storage.prefixed_key(key)], [item.get_expiry(), cost])
+        current, ttl_ms = self._script([self.storage.prefixed_key(key)], [item.get_expiry(), cost])
         request.environ.setdefault(WINDOWS, {})[key] = WindowStats(
-            time.time() + max(int(ttl), 0), max(0, item.amount - int(current)))
+            time.time() + max(int(ttl_ms), 0) / 1000, max(0, item.amount - int(current)))
         return int(current) <= item.amount
 
     def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:

@@ -87,7 +87,9 @@ def test_a_limited_request_sends_one_redis_command_and_its_headers_count_down(
     assert first.headers["X-RateLimit-Limit"] == "5"
     assert [r.headers["X-RateLimit-Remaining"] for r in [first, *later]] == ["4", "3", "2", "1", "0", "0"]
     resets = {int(r.headers["X-RateLimit-Reset"]) for r in [first, *later]}
-    assert len(resets) == 1 and 0 < resets.pop() - time.time() <= 61  # one window, ending within the minute
+    # One window, ending within the minute. The header is whole seconds, so a window ending a few
+    # milliseconds from a second's boundary may be written either side of it.
+    assert max(resets) - min(resets) <= 1 and 0 < max(resets) - time.time() <= 61
     assert 0 < int(later[-1].headers["Retry-After"]) <= 61
 
 
