@@ -17,8 +17,9 @@ from wallet_api.extensions import api, db, jwt, limiter, migrate
 from wallet_api.logging import REQUEST_ID_HEADER, configure_logging, init_request_logging
 from wallet_api.metrics import init_request_metrics
 from wallet_api.openapi import ErrorResponses
-from wallet_api.ratelimit import (RATE_LIMIT_REDIS_TIMEOUT_SECONDS, RATE_LIMIT_RETRY_AFTER,
-                                  STRATEGY as RATE_LIMIT_STRATEGY)
+from wallet_api.queues import REQUEST_REDIS_TIMEOUT_SECONDS
+from wallet_api.ratelimit import RATE_LIMIT_RETRY_AFTER
+from wallet_api.ratelimit import STRATEGY as RATE_LIMIT_STRATEGY
 from wallet_api.request_parsing import JsonProvider, read_chunked_body
 from wallet_api.security import init_security
 
@@ -127,8 +128,8 @@ def _flask_config(settings: Settings) -> dict:
         # request waiting on a socket with no timeout. See docs/RATE_LIMITING.md.
         "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
         "RATELIMIT_SWALLOW_ERRORS": True,
-        "RATELIMIT_STORAGE_OPTIONS": {"socket_connect_timeout": RATE_LIMIT_REDIS_TIMEOUT_SECONDS,
-                                      "socket_timeout": RATE_LIMIT_REDIS_TIMEOUT_SECONDS},
+        "RATELIMIT_STORAGE_OPTIONS": {"socket_connect_timeout": REQUEST_REDIS_TIMEOUT_SECONDS,
+                                      "socket_timeout": REQUEST_REDIS_TIMEOUT_SECONDS},
         "API_TITLE": "Wallet Platform API",
         "API_VERSION": settings.version,
         "OPENAPI_VERSION": "3.0.3",

@@ -26,9 +26,6 @@ VERIFIED_SUBJECT = "wallet_api.verified_subject"
 WINDOWS = "wallet_api.ratelimit_windows"
 
 STRATEGY = "fixed-window-with-stats"
-# A limit's Redis command answers in well under a millisecond; one that has not answered in this
-# long means Redis is hung, and the limits fall back to the process's memory (app.py).
-RATE_LIMIT_REDIS_TIMEOUT_SECONDS = 0.5
 
 
 def remember_verified_subject(subject: str | None) -> None:

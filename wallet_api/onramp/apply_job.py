@@ -139,8 +139,8 @@ def _drain(lease: DrainLease | None, credited: set[uuid.UUID], out_of_time: Call
     """drain_pending's loop: how many events it applied, and whether it found none left (False when
     time ran out first). The lease, if any, is released when it returns."""
     processed = 0
-    next_check = next_backlog_check = time.monotonic()
-    next_check += USER_CHECK_EVERY_SECONDS
+    now = time.monotonic()
+    next_backlog_check, next_check = now, now + USER_CHECK_EVERY_SECONDS
     while not out_of_time():
         if time.monotonic() >= next_backlog_check:
             if _pending_at_least(2):
