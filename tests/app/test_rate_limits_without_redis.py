@@ -5,7 +5,6 @@ The app runs in a process of its own: flask-limiter's Limiter is one module glob
 fallback state these tests drive must not leak into the rest of the suite."""
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -68,13 +67,13 @@ def test_with_redis_hung_no_request_waits_on_it_and_the_limits_count_in_redis_on
         app, settings, tmp_path):
     redis = PrivateRedis(tmp_path).start()
     try:
-        os.kill(redis.process.pid, signal.SIGSTOP)  # accepts connections, answers nothing
+        redis.pause()
         process = run_app(settings, redis.url)
         try:
             answers = read_answers(process)
             assert [status for status, _ in answers] == [401, 401, 429]
             assert max(elapsed for _, elapsed in answers) < 3  # one socket timeout at most, never Redis's hang
-            os.kill(redis.process.pid, signal.SIGCONT)
+            redis.resume()
             for attempt in range(1, 11):  # counted in Redis again within the limiter's next looks
                 process.stdin.write("again\n")
                 process.stdin.flush()
@@ -88,5 +87,4 @@ def test_with_redis_hung_no_request_waits_on_it_and_the_limits_count_in_redis_on
         finally:
             process.kill()
     finally:
-        os.kill(redis.process.pid, signal.SIGCONT)
         redis.kill()

@@ -338,7 +338,14 @@ class PrivateRedis:
         except Exception:  # noqa: BLE001 - not up yet
             return False
 
-    def kill(self) -> None:
+    def pause(self) -> None:
+        """Hang it (SIGSTOP): it accepts connections and answers nothing, as a stuck or partitioned Redis."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:  # SIGKILL ends a paused server too
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
