@@ -1,7 +1,7 @@
 """HTTP request-path benchmark: the app under gunicorn, next to pgbench in the same run (not a test).
 
     .venv/bin/python bench/request_path.py [--quick] [--seconds 8] [--rounds 3] [--clients 1,4,8,16]
-                                           [--scenarios transfer,transfer_key,wallets,ledger,webhook,metrics]
+                                           [--scenarios transfer,transfer_key,wallets,ledger,webhook,metrics,ceiling]
                                            [--baseline PATH | --no-baseline] [--redis-db 12]
                                            [--app-env development] [--py-spy DIR] [--keep-db] [--rate-limits]
 
@@ -29,6 +29,10 @@ What it does, bounded in time and count, on loopback only:
                    and enqueued; no RQ worker runs, so this is acceptance alone)
      metrics       GET /metrics, a Prometheus scrape: every worker's counters and the gauges
                    read from PostgreSQL and Redis (cached 5 s per worker)
+     ceiling       not the app: POST /credit on bench/ceiling_app.py, a bare Flask route running
+                   pgbench's credit on raw psycopg2, served by a second gunicorn with the app's
+                   worker class, workers and threads. The most a Flask request path can do here,
+                   measured in the same round as the app and pgbench.
 4. Prints every run, then the medians over rounds: req/s, latency p50/p95/p99 (what the client
    saw), errors (any unexpected status), the ratio to pgbench at the same client count, and CPU
    per request: "srv" is the gunicorn processes' CPU (master, live workers and reaped workers,
@@ -48,6 +52,7 @@ import http.client
 import json
 import multiprocessing
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -66,7 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 VENV_BIN = Path(sys.executable).parent
-SCENARIOS = ("transfer", "transfer_key", "wallets", "ledger", "webhook", "metrics")
+SCENARIOS = ("transfer", "transfer_key", "wallets", "ledger", "webhook", "metrics", "ceiling")
 DEFAULT_BASELINE = ROOT.parent / "shared" / "baseline" / "run-pgbench"
 # Production refuses secrets that look like placeholders: fresh ones per run (forked clients inherit them).
 WEBHOOK_SECRET = secrets.token_urlsafe(32)
@@ -170,10 +175,10 @@ def migrate_and_seed(env: dict[str, str], slots: int) -> list[Slot]:
     return made
 
 
-def start_web(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen:
-    """bin/start-web, as the Procfile runs it; returns once /health answers."""
+def start_web(env: dict[str, str], port: int, log_path: Path, command: list[str] | None = None) -> subprocess.Popen:
+    """bin/start-web, as the Procfile runs it (or another server command); returns once /health answers."""
     log_file = open(log_path, "ab")
-    process = subprocess.Popen([str(ROOT / "bin" / "start-web")], cwd=ROOT, env=env, stdout=log_file,
+    process = subprocess.Popen(command or [str(ROOT / "bin" / "start-web")], cwd=ROOT, env=env, stdout=log_file,
                                stderr=log_file, start_new_session=True)
     log_file.close()
     deadline = time.monotonic() + 60
@@ -191,6 +196,18 @@ def start_web(env: dict[str, str], port: int, log_path: Path) -> subprocess.Pope
         time.sleep(0.2)
     stop(process)
     raise RuntimeError(f"gunicorn did not answer /health; see {log_path}")
+
+
+def start_ceiling(env: dict[str, str], database_url: str, port: int, log_path: Path) -> subprocess.Popen:
+    """bench/ceiling_app.py under gunicorn, with the app's worker class, workers and threads."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import ceiling_app
+
+    ceiling_app.setup(database_url)
+    command = [str(VENV_BIN / "gunicorn"), "--config", os.devnull, "--worker-class", "gthread",
+               "--workers", env.get("WEB_CONCURRENCY", "2"), "--threads", env.get("GUNICORN_THREADS", "4"), "--keep-alive", "5", "--preload",
+               "--bind", f"127.0.0.1:{port}", "--chdir", str(ROOT / "bench"), "ceiling_app:app"]
+    return start_web(env, port, log_path, command)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -228,6 +245,23 @@ def server_cpu_seconds(master: int) -> float:
         except OSError:  # exited between the listing and the read: counted in cutime next time
             pass
     return ticks / TICK
+
+
+def postgres_cpu_seconds() -> float | None:
+    """CPU of every local PostgreSQL process (postmaster, backends, WAL writer ...), None if none is
+    visible (a remote server). Backends that exit meanwhile take their CPU with them: pools keep theirs."""
+    ticks, seen = 0, False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+            ticks += sum(int(v) for v in _stat(int(entry.name))[11:13])
+            seen = True
+        except OSError:
+            continue
+    return ticks / TICK if seen else None
 
 
 # --------------------------------------------------------------------------- load generation
@@ -275,11 +309,14 @@ def request_maker(scenario: str, slot: Slot):
         "ledger": lambda: ("GET", f"/wallets/{slot.wallets[0]}/ledger?limit=20", None, auth[0], 200),
         "webhook": webhook,
         "metrics": lambda: ("GET", "/metrics", None, {}, 200),
+        "ceiling": lambda: ("POST", "/credit", json.dumps({"wallet_id": random.randint(1, 10_000),
+                                                           "amount": "1.00"}).encode(), json_type, 201),
     }[scenario]
 
 
 def client_main(port: int, scenario: str, slot: Slot, measure_from: float, until: float, out) -> None:
     """One client process: one keep-alive connection, closed loop, latencies of the measured window."""
+    random.seed()  # forked clients would otherwise draw the same wallets
     next_request = request_maker(scenario, slot)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.connect()
@@ -327,6 +364,7 @@ class Run:
     statuses: dict
     server_cpu_s: float
     client_cpu_s: float
+    db_cpu_s: float | None = None
     baseline_tps: float | None = None
     profile: dict[str, int] | None = None
 
@@ -347,6 +385,10 @@ class Run:
     @property
     def client_ms(self) -> float:
         return 1000 * self.client_cpu_s / max(1, len(self.latencies_ms))
+
+    @property
+    def db_ms(self) -> float | None:
+        return None if self.db_cpu_s is None else 1000 * self.db_cpu_s / max(1, len(self.latencies_ms))
 
     @property
     def ratio(self) -> float | None:
@@ -402,7 +444,7 @@ def run_scenario(port: int | list[int], master: int | list[int], scenario: str, 
     for process in processes:
         process.start()
     time.sleep(max(0.0, measure_from - time.time()))
-    cpu_before = sum(server_cpu_seconds(pid) for pid in masters)
+    cpu_before, db_before = sum(server_cpu_seconds(pid) for pid in masters), postgres_cpu_seconds()
     spy = None
     if profile is not None:
         spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(masters[0]), "--subprocesses", "--gil",
@@ -410,7 +452,7 @@ def run_scenario(port: int | list[int], master: int | list[int], scenario: str, 
                                 str(max(1, int(seconds))), "--output", str(profile)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(max(0.0, until - time.time()))
-    cpu_after = sum(server_cpu_seconds(pid) for pid in masters)
+    cpu_after, db_after = sum(server_cpu_seconds(pid) for pid in masters), postgres_cpu_seconds()
     if spy is not None:
         spy.wait(timeout=60)
     results = [out.get(timeout=120) for _ in processes]
@@ -421,7 +463,8 @@ def run_scenario(port: int | list[int], master: int | list[int], scenario: str, 
         for status, n in found.items():
             statuses[status] = statuses.get(status, 0) + n
     return Run(0, scenario, clients, seconds, [ms for lat, *_ in results for ms in lat],
-               sum(r[1] for r in results), statuses, cpu_after - cpu_before, sum(r[3] for r in results))
+               sum(r[1] for r in results), statuses, cpu_after - cpu_before, sum(r[3] for r in results),
+               db_after - db_before if db_before is not None and db_after is not None else None)
 
 
 def run_baseline(script: Path, clients: int, seconds: float) -> float | None:
@@ -449,6 +492,10 @@ def cpu_pressure() -> str:
         return ""
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def print_report(runs: list[Run], *, baseline: Path | None, missing: Path | None, config: str,
                  seconds: float) -> None:
     load = os.getloadavg()[0]
@@ -461,7 +508,7 @@ def print_report(runs: list[Run], *, baseline: Path | None, missing: Path | None
     elif baseline is None:
         print("No baseline (--no-baseline): ratios are skipped.")
     header = (f"{'round':>5} {'scenario':<13} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
-              f"{'errors':>6} {'srv ms/req':>10} {'cli ms/req':>10} {'pgbench':>8} {'ratio':>6}")
+              f"{'errors':>6} {'srv ms/req':>10} {'cli ms/req':>10} {'db ms/req':>9} {'pgbench':>8} {'ratio':>6}")
     print("\nEvery run:\n" + header + "\n" + "-" * len(header))
     for run in runs:
         ratio = f"{run.ratio:.3f}" if run.ratio is not None else "-"
@@ -469,14 +516,14 @@ def print_report(runs: list[Run], *, baseline: Path | None, missing: Path | None
         errors = f"{run.errors}" + (f" {run.statuses}" if run.errors else "")
         print(f"{run.round:>5} {run.scenario:<13} {run.clients:>7} {run.rate:>7.0f} {run.pct(50):>7.2f} "
               f"{run.pct(95):>7.2f} {run.pct(99):>7.2f} {errors:>6} {run.server_ms:>10.2f} {run.client_ms:>10.2f} "
-              f"{tps:>8} {ratio:>6}")
+              f"{_ms(run.db_ms):>9} {tps:>8} {ratio:>6}")
 
     groups: dict[tuple[str, int], list[Run]] = {}
     for run in runs:
         groups.setdefault((run.scenario, run.clients), []).append(run)
     rounds = len({run.round for run in runs})
     header = (f"{'scenario':<13} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
-              f"{'errors':>6} {'srv ms/req':>10} {'cli ms/req':>10} {'pgbench':>8} {'ratio':>6}")
+              f"{'errors':>6} {'srv ms/req':>10} {'cli ms/req':>10} {'db ms/req':>9} {'pgbench':>8} {'ratio':>6}")
     print(f"\nMedians over {rounds} round(s):\n" + header + "\n" + "-" * len(header))
 
     def med(values):
@@ -492,9 +539,11 @@ def print_report(runs: list[Run], *, baseline: Path | None, missing: Path | None
                   f"{med([r.pct(50) for r in group]):>7.2f} {med([r.pct(95) for r in group]):>7.2f} "
                   f"{med([r.pct(99) for r in group]):>7.2f} {sum(r.errors for r in group):>6} "
                   f"{med([r.server_ms for r in group]):>10.2f} {med([r.client_ms for r in group]):>10.2f} "
-                  f"{(f'{tps:.0f}' if tps else '-'):>8} {(f'{ratio:.3f}' if ratio is not None else '-'):>6}")
+                  f"{_ms(med([r.db_ms for r in group])):>9} {(f'{tps:.0f}' if tps else '-'):>8} "
+                  f"{(f'{ratio:.3f}' if ratio is not None else '-'):>6}")
     print("\nratio: req/s over the baseline's tx/s at the same client count, in the same round. srv ms/req: CPU of"
-          "\nthe gunicorn processes per request; cli ms/req: the load generator's CPU per request (same cores).")
+          "\nthe gunicorn processes per request; cli ms/req: the load generator's CPU per request (same cores);"
+          "\ndb ms/req: every local PostgreSQL process's CPU per request (anything else using the server counts too).")
     profiled = [run for run in runs if run.profile]
     if profiled:
         print("\nWhere the server's CPU went (py-spy samples of gunicorn threads holding the GIL, innermost "
@@ -582,13 +631,16 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     env = app_environment(database_url, redis_url, port, str(workdir / "prometheus"), args.app_env,
                           args.rate_limits)
-    web = None
+    web = ceiling = None
     runs: list[Run] = []
     try:
         note(f"scratch database {name}, Redis db {args.redis_db}: migrating and seeding "
              f"{max(clients)} client slots ...")
         slots = migrate_and_seed(env, max(clients))
         web = start_web(env, port, workdir / "web.log")
+        if "ceiling" in scenarios:
+            ceiling_port = free_port()
+            ceiling = start_ceiling(env, database_url, ceiling_port, workdir / "ceiling.log")
         config = (f"gunicorn {env.get('WEB_CONCURRENCY', '2 (as shipped)')} workers x "
                   f"{env.get('GUNICORN_THREADS', '4 (as shipped)')} threads, DB_POOL_SIZE "
                   f"{env.get('DB_POOL_SIZE', '5 (as shipped)')}, APP_ENV={args.app_env}, logs at INFO, rate limits "
@@ -606,7 +658,8 @@ def main(argv: list[str] | None = None) -> int:
                     if args.py_spy is not None:
                         args.py_spy.mkdir(parents=True, exist_ok=True)
                         profile = args.py_spy / f"{scenario}-{count}-round{round_no}.txt"
-                    run = run_scenario(port, web.pid, scenario, count, slots, args.seconds, profile)
+                    target = (ceiling_port, ceiling.pid) if scenario == "ceiling" else (port, web.pid)
+                    run = run_scenario(*target, scenario, count, slots, args.seconds, profile)
                     run.round, run.baseline_tps = round_no, tps
                     if profile is not None and profile.exists():
                         run.profile = profile_buckets(profile.read_text())
@@ -614,12 +667,16 @@ def main(argv: list[str] | None = None) -> int:
                     redis.flushdb()  # enqueued webhook jobs: no worker runs here
         stop(web)
         web = None
+        if ceiling is not None:
+            stop(ceiling)
+            ceiling = None
         lines = sum(1 for _ in open(workdir / "web.log", "rb"))
         print_report(runs, baseline=baseline, missing=missing, config=config, seconds=args.seconds)
         print(f"{check_books(database_url)}; the app wrote {lines} log lines")
     finally:
-        if web is not None:
-            stop(web)
+        for server in (web, ceiling):
+            if server is not None:
+                stop(server)
         redis.flushdb()
         if not args.keep_db:
             admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

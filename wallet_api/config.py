@@ -66,6 +66,9 @@ class Settings:
     trusted_proxy_count: int = 0
     trusted_proxy_cidrs: str = ""
     database_tls_required: bool = False
+    # False behind a transaction-mode pooler, where a prepared statement may be on another server
+    # connection (wallet_api/prepared_statements.py).
+    database_prepared_statements: bool = True
     # False: a rediss:// server's certificate is not verified (Heroku Redis's is self-signed);
     # load_settings then writes `ssl_cert_reqs=none` into redis_url, which every client reads.
     redis_tls_verify: bool = True
@@ -295,6 +298,7 @@ def _declare(env: Env) -> dict:
         trusted_proxy_count=env.int("TRUSTED_PROXY_COUNT", 0, validate=Range(min=0, max=10)),
         trusted_proxy_cidrs=env.str("TRUSTED_PROXY_CIDRS", ""),
         database_tls_required=env.bool("DATABASE_TLS_REQUIRED", in_production),
+        database_prepared_statements=env.bool("DATABASE_PREPARED_STATEMENTS", True),
         metrics_token=env.str("METRICS_TOKEN", ""),
         webhook_signature_tolerance_seconds=env.int("WEBHOOK_SIGNATURE_TOLERANCE_SECONDS", 300,
                                                     validate=positive),

@@ -84,7 +84,8 @@ def test_a_request_still_running_holds_its_key_then_completes(app, settings, aut
     worker = threading.Thread(target=first_request)
     worker.start()
     try:
-        wait_until_blocked(settings, "FOR UPDATE")  # the first request has claimed the key and waits for the lock
+        # the first request has claimed the key and waits for the lock
+        wait_until_blocked(settings, "EXECUTE ledger_lock")
         second = transfer(app.test_client(), auth_headers(sender), source, destination, key="order-4")
         assert second.status_code == 409 and second.get_json()["error"] == "idempotency_key_in_flight"
     finally:

@@ -260,7 +260,7 @@ def test_the_unique_keys_are_the_backstop_even_inside_a_callers_transaction(app,
 
     worker = threading.Thread(target=credit_in_callers_transaction)
     worker.start()
-    wait_until_blocked(settings, "ledger_transactions")
+    wait_until_blocked(settings, "ledger_write")  # the write, waiting on the unique key
     other.commit()
     other.close()
     worker.join(10)

@@ -194,7 +194,7 @@ def test_a_debit_waits_for_a_concurrent_credit_then_sees_its_money(app, settings
 
     worker = threading.Thread(target=debit)
     worker.start()
-    wait_until_blocked(settings, "FOR UPDATE")
+    wait_until_blocked(settings, "EXECUTE ledger_lock")
     # While the debit waits, money arrives (committed by the lock holder's connection, as the ledger would).
     cur = holder.cursor()
     cur.execute("SELECT id FROM wallets WHERE system_account = 'moonpay_clearing' AND currency = 'USD'")

@@ -87,6 +87,7 @@ from wallet_api import audit, metrics
 from wallet_api.database import lost_before_commit
 from wallet_api.errors import ApiError, Conflict, NotFound, ServiceUnavailable, Unprocessable, field_error
 from wallet_api.extensions import db
+from wallet_api.prepared_statements import PreparedStatement, sql_for
 from wallet_api.queues import after_commit
 from wallet_api.wallets import amounts
 from wallet_api.wallets.models import SystemAccount, Wallet
@@ -331,55 +332,73 @@ def _counter_key(key: str, move: _Movement, counter_wallet_id: uuid.UUID) -> str
 # The write path is three round trips after psycopg2's BEGIN: 1. lock timeout, row locks, then the
 # locked rows and the idempotency lookup; 2. every insert and balance update; 3. COMMIT. Inside a
 # caller's transaction the caller's lock timeout is saved in the first and put back in the second,
-# so the ledger's own setting costs no round trip of its own there either. The two
-# statements are plain driver SQL (psycopg2's %(name)s parameters) run with exec_driver_sql: no
-# compilation per call, and SQLAlchemy still wraps errors (OperationalError, IntegrityError) and
-# handles disconnects.
+# so the ledger's own setting costs no round trip of its own there either. The statements are
+# prepared once per connection and then only executed (wallet_api/prepared_statements.py): parsing
+# and planning them on every call cost PostgreSQL more than running them. They are run with
+# exec_driver_sql (psycopg2's %(name)s parameters): no compilation per call, and SQLAlchemy still
+# wraps errors (OperationalError, IntegrityError) and handles disconnects.
 #
 # psycopg2 sends a multi-statement string as one simple-protocol query and returns the last
 # statement's rows. Under READ COMMITTED each statement takes its own snapshot, so the final SELECT,
 # which runs once the FOR UPDATE has the locks, sees everything committed while we waited: the
 # latest balances and an idempotency key committed by a concurrent duplicate.
-_LOCK_AND_LOOK_UP = """
-    SELECT set_config('wallet_api.caller_lock_timeout', current_setting('lock_timeout'), true);
-    SELECT set_config('lock_timeout', %(lock_timeout)s, true);
-    SELECT 1 FROM wallets WHERE id = ANY(CAST(%(ids)s AS uuid[])) AND user_id IS NOT NULL
-    ORDER BY id FOR UPDATE;
+_SAVE_LOCK_TIMEOUT = PreparedStatement(
+    "ledger_save_lock_timeout",
+    "SELECT set_config('wallet_api.caller_lock_timeout', current_setting('lock_timeout'), true)")
+# Left to choose, PostgreSQL re-plans the lock and the look-up on every EXECUTE: for `id = ANY($1)`
+# it guesses ten rows in a generic plan and two in a custom one, so the custom plan always looks
+# cheaper. Their generic plans are the same index scans; forcing them (for this transaction, and
+# only prepared statements heed it) is what saves the planning.
+_SET_LOCK_TIMEOUT = PreparedStatement(
+    "ledger_set_lock_timeout", "SELECT set_config('lock_timeout', %(lock_timeout)s, true), "
+                               "set_config('plan_cache_mode', 'force_generic_plan', true)",
+    (("lock_timeout", "text"),))
+_LOCK = PreparedStatement("ledger_lock", """
+    SELECT 1 FROM wallets WHERE id = ANY(%(ids)s) AND user_id IS NOT NULL
+    ORDER BY id FOR UPDATE""", (("ids", "uuid[]"),))
+_LOOK_UP = PreparedStatement("ledger_look_up", """
     SELECT w.id, w.user_id, w.currency, w.balance,
            (SELECT t.id FROM ledger_transactions t WHERE t.idempotency_key = %(key)s) AS existing,
            (SELECT s.id FROM wallets s
             WHERE s.system_account = %(account)s AND s.currency = w.currency) AS system_id
-    FROM wallets w WHERE w.id = ANY(CAST(%(ids)s AS uuid[])) AND w.user_id IS NOT NULL"""
+    FROM wallets w WHERE w.id = ANY(%(ids)s) AND w.user_id IS NOT NULL""",
+    (("ids", "uuid[]"), ("key", "text"), ("account", "text")))
+_LOCK_AND_LOOK_UP = (_SAVE_LOCK_TIMEOUT, _SET_LOCK_TIMEOUT, _LOCK, _LOOK_UP)
 
 # The transaction row, its legs (in order: ids follow it) and the new cached balances of the user
 # wallets, in one statement. Data-modifying CTEs all run; the foreign keys are checked at its end.
-_WRITE = """
+_WRITE = PreparedStatement("ledger_write", """
     WITH tx AS (
         INSERT INTO ledger_transactions (id, kind, currency, amount, reference, idempotency_key,
                                          initiated_by, metadata)
         VALUES (%(id)s, %(kind)s, %(currency)s, %(amount)s, %(reference)s, %(key)s, %(initiated_by)s,
-                CAST(%(metadata)s AS jsonb))
+                %(metadata)s)
         RETURNING created_at
     ), legs AS (
         INSERT INTO ledger_entries (transaction_id, wallet_id, currency, amount, balance_after, idempotency_key)
         SELECT %(id)s, leg.wallet_id, %(currency)s, leg.amount, leg.balance_after, leg.key
-        FROM unnest(CAST(%(leg_wallets)s AS uuid[]), CAST(%(leg_amounts)s AS numeric[]),
-                    CAST(%(leg_balances)s AS numeric[]), CAST(%(leg_keys)s AS text[]))
+        FROM unnest(%(leg_wallets)s, %(leg_amounts)s, %(leg_balances)s, %(leg_keys)s)
              WITH ORDINALITY AS leg(wallet_id, amount, balance_after, key, n)
         ORDER BY leg.n
         RETURNING id, idempotency_key
     ), balances AS (
         UPDATE wallets SET balance = new.balance, updated_at = now()
-        FROM unnest(CAST(%(user_wallets)s AS uuid[]), CAST(%(user_balances)s AS numeric[])) AS new(id, balance)
+        FROM unnest(%(user_wallets)s, %(user_balances)s) AS new(id, balance)
         WHERE wallets.id = new.id
     )
-    SELECT (SELECT created_at FROM tx) AS created_at, legs.id, legs.idempotency_key FROM legs"""
+    SELECT (SELECT created_at FROM tx) AS created_at, legs.id, legs.idempotency_key FROM legs""",
+    (("id", "uuid"), ("kind", "text"), ("currency", "text"), ("amount", "numeric"), ("reference", "text"),
+     ("key", "text"), ("initiated_by", "uuid"), ("metadata", "jsonb"), ("leg_wallets", "uuid[]"),
+     ("leg_amounts", "numeric[]"), ("leg_balances", "numeric[]"), ("leg_keys", "text[]"),
+     ("user_wallets", "uuid[]"), ("user_balances", "numeric[]")))
 
 # A SET LOCAL made inside a savepoint that is released lasts for the caller's whole transaction.
 # The rows are locked by then, and the write cannot wait on a lock of its own (a duplicate of the
 # same key needs the same wallet locks first), so the caller's timeout is back before it runs.
-_RESTORE_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', current_setting('wallet_api.caller_lock_timeout'), true)"
-_WRITE_NESTED = f"{_RESTORE_LOCK_TIMEOUT};\n{_WRITE}"
+_RESTORE_LOCK_TIMEOUT = PreparedStatement(
+    "ledger_restore_lock_timeout",
+    "SELECT set_config('lock_timeout', current_setting('wallet_api.caller_lock_timeout'), true)")
+_WRITE_NESTED = (_RESTORE_LOCK_TIMEOUT, _WRITE)
 
 
 def _run_owned(session: Session, move: _Movement) -> LedgerResult:
@@ -463,7 +482,8 @@ def _apply(session: Session, move: _Movement, *, nested: bool = False) -> Ledger
     returning.
     """
     timeout_ms = int(current_app.config["SETTINGS"].ledger_lock_timeout_ms)
-    rows = session.connection().exec_driver_sql(_LOCK_AND_LOOK_UP, {
+    connection = session.connection()
+    rows = connection.exec_driver_sql(sql_for(connection, *_LOCK_AND_LOOK_UP), {
         "lock_timeout": f"{timeout_ms}ms", "ids": move.user_wallet_ids, "key": move.idempotency_key,
         "account": move.counter_account or ""}).all()
     wallets = {row.id: row for row in rows}
@@ -484,7 +504,7 @@ def _apply(session: Session, move: _Movement, *, nested: bool = False) -> Ledger
     row = rows[0]
     if row.existing is not None:
         if nested:
-            session.connection().exec_driver_sql(_RESTORE_LOCK_TIMEOUT)
+            connection.exec_driver_sql(sql_for(connection, _RESTORE_LOCK_TIMEOUT))
         return _replayed(session, move, transaction_id=row.existing)
 
     amounts.check_amount(move.amount, currency)
@@ -509,7 +529,7 @@ def _apply(session: Session, move: _Movement, *, nested: bool = False) -> Ledger
 
     transaction_id = uuid.uuid4()
     user_legs = [(wallet_id, after) for wallet_id, _, after, _ in legs if after is not None]
-    written = session.connection().exec_driver_sql(_WRITE_NESTED if nested else _WRITE, {
+    written = connection.exec_driver_sql(sql_for(connection, *(_WRITE_NESTED if nested else (_WRITE,))), {
         "id": transaction_id, "kind": move.kind, "currency": currency, "amount": move.amount,
         "reference": move.reference, "key": move.idempotency_key, "initiated_by": move.initiated_by,
         "metadata": _json(move.metadata or {}),
