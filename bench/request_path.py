@@ -205,8 +205,9 @@ def start_ceiling(env: dict[str, str], database_url: str, port: int, log_path: P
 
     ceiling_app.setup(database_url)
     command = [str(VENV_BIN / "gunicorn"), "--config", os.devnull, "--worker-class", "gthread",
-               "--workers", env.get("WEB_CONCURRENCY", "2"), "--threads", env.get("GUNICORN_THREADS", "4"), "--keep-alive", "5", "--preload",
-               "--bind", f"127.0.0.1:{port}", "--chdir", str(ROOT / "bench"), "ceiling_app:app"]
+               "--workers", env.get("WEB_CONCURRENCY", "2"), "--threads", env.get("GUNICORN_THREADS", "4"),
+               "--keep-alive", "5", "--preload", "--bind", f"127.0.0.1:{port}", "--chdir", str(ROOT / "bench"),
+               "ceiling_app:app"]
     return start_web(env, port, log_path, command)
 
 
@@ -237,14 +238,21 @@ def _stat(pid: int) -> list[str]:
 
 def server_cpu_seconds(master: int) -> float:
     """CPU of the gunicorn master, its live workers and the workers it has reaped (max_requests)."""
+    return sum(server_cpu_split(master))
+
+
+def server_cpu_split(master: int) -> tuple[float, float]:
+    """(user, system) CPU of the gunicorn processes: user is the Python interpreter and the C
+    libraries it calls, system the kernel's work for them (sockets, polling, futexes)."""
     fields = _stat(master)
-    ticks = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+    user, system = int(fields[11]) + int(fields[13]), int(fields[12]) + int(fields[14])  # u, s, cu, cs
     for pid in worker_pids(master):
         try:
-            ticks += sum(int(v) for v in _stat(pid)[11:13])
+            fields = _stat(pid)
+            user, system = user + int(fields[11]), system + int(fields[12])
         except OSError:  # exited between the listing and the read: counted in cutime next time
             pass
-    return ticks / TICK
+    return user / TICK, system / TICK
 
 
 def postgres_cpu_seconds() -> float | None:
@@ -365,6 +373,7 @@ class Run:
     server_cpu_s: float
     client_cpu_s: float
     db_cpu_s: float | None = None
+    server_user_s: float | None = None
     baseline_tps: float | None = None
     profile: dict[str, int] | None = None
 
@@ -385,6 +394,10 @@ class Run:
     @property
     def client_ms(self) -> float:
         return 1000 * self.client_cpu_s / max(1, len(self.latencies_ms))
+
+    @property
+    def user_ms(self) -> float | None:
+        return None if self.server_user_s is None else 1000 * self.server_user_s / max(1, len(self.latencies_ms))
 
     @property
     def db_ms(self) -> float | None:
@@ -428,6 +441,11 @@ def profile_buckets(raw: str) -> dict[str, int]:
     return counts
 
 
+def _user_and_total(masters: list[int]) -> tuple[float, float]:
+    splits = [server_cpu_split(pid) for pid in masters]
+    return sum(user for user, _ in splits), sum(user + system for user, system in splits)
+
+
 def run_scenario(port: int | list[int], master: int | list[int], scenario: str, clients: int, slots: list[Slot],
                  seconds: float, profile: Path | None = None) -> Run:
     """One measured run; with lists of ports and masters (several gunicorn instances, bench/scaling.py)
@@ -444,7 +462,8 @@ def run_scenario(port: int | list[int], master: int | list[int], scenario: str, 
     for process in processes:
         process.start()
     time.sleep(max(0.0, measure_from - time.time()))
-    cpu_before, db_before = sum(server_cpu_seconds(pid) for pid in masters), postgres_cpu_seconds()
+    user_before, cpu_before = _user_and_total(masters)
+    db_before = postgres_cpu_seconds()
     spy = None
     if profile is not None:
         spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(masters[0]), "--subprocesses", "--gil",
@@ -452,7 +471,8 @@ def run_scenario(port: int | list[int], master: int | list[int], scenario: str, 
                                 str(max(1, int(seconds))), "--output", str(profile)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(max(0.0, until - time.time()))
-    cpu_after, db_after = sum(server_cpu_seconds(pid) for pid in masters), postgres_cpu_seconds()
+    user_after, cpu_after = _user_and_total(masters)
+    db_after = postgres_cpu_seconds()
     if spy is not None:
         spy.wait(timeout=60)
     results = [out.get(timeout=120) for _ in processes]
@@ -464,7 +484,8 @@ def run_scenario(port: int | list[int], master: int | list[int], scenario: str, 
             statuses[status] = statuses.get(status, 0) + n
     return Run(0, scenario, clients, seconds, [ms for lat, *_ in results for ms in lat],
                sum(r[1] for r in results), statuses, cpu_after - cpu_before, sum(r[3] for r in results),
-               db_after - db_before if db_before is not None and db_after is not None else None)
+               db_after - db_before if db_before is not None and db_after is not None else None,
+               user_after - user_before)
 
 
 def run_baseline(script: Path, clients: int, seconds: float) -> float | None:
@@ -508,22 +529,24 @@ def print_report(runs: list[Run], *, baseline: Path | None, missing: Path | None
     elif baseline is None:
         print("No baseline (--no-baseline): ratios are skipped.")
     header = (f"{'round':>5} {'scenario':<13} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
-              f"{'errors':>6} {'srv ms/req':>10} {'cli ms/req':>10} {'db ms/req':>9} {'pgbench':>8} {'ratio':>6}")
+              f"{'errors':>6} {'srv ms/req':>10} {'of it usr':>9} {'cli ms/req':>10} {'db ms/req':>9} {'pgbench':>8} "
+              f"{'ratio':>6}")
     print("\nEvery run:\n" + header + "\n" + "-" * len(header))
     for run in runs:
         ratio = f"{run.ratio:.3f}" if run.ratio is not None else "-"
         tps = f"{run.baseline_tps:.0f}" if run.baseline_tps else "-"
         errors = f"{run.errors}" + (f" {run.statuses}" if run.errors else "")
         print(f"{run.round:>5} {run.scenario:<13} {run.clients:>7} {run.rate:>7.0f} {run.pct(50):>7.2f} "
-              f"{run.pct(95):>7.2f} {run.pct(99):>7.2f} {errors:>6} {run.server_ms:>10.2f} {run.client_ms:>10.2f} "
-              f"{_ms(run.db_ms):>9} {tps:>8} {ratio:>6}")
+              f"{run.pct(95):>7.2f} {run.pct(99):>7.2f} {errors:>6} {run.server_ms:>10.2f} {_ms(run.user_ms):>9} "
+              f"{run.client_ms:>10.2f} {_ms(run.db_ms):>9} {tps:>8} {ratio:>6}")
 
     groups: dict[tuple[str, int], list[Run]] = {}
     for run in runs:
         groups.setdefault((run.scenario, run.clients), []).append(run)
     rounds = len({run.round for run in runs})
     header = (f"{'scenario':<13} {'clients':>7} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
-              f"{'errors':>6} {'srv ms/req':>10} {'cli ms/req':>10} {'db ms/req':>9} {'pgbench':>8} {'ratio':>6}")
+              f"{'errors':>6} {'srv ms/req':>10} {'of it usr':>9} {'cli ms/req':>10} {'db ms/req':>9} {'pgbench':>8} "
+              f"{'ratio':>6}")
     print(f"\nMedians over {rounds} round(s):\n" + header + "\n" + "-" * len(header))
 
     def med(values):
@@ -538,11 +561,13 @@ def print_report(runs: list[Run], *, baseline: Path | None, missing: Path | None
             print(f"{scenario:<13} {clients:>7} {med([r.rate for r in group]):>7.0f} "
                   f"{med([r.pct(50) for r in group]):>7.2f} {med([r.pct(95) for r in group]):>7.2f} "
                   f"{med([r.pct(99) for r in group]):>7.2f} {sum(r.errors for r in group):>6} "
-                  f"{med([r.server_ms for r in group]):>10.2f} {med([r.client_ms for r in group]):>10.2f} "
+                  f"{med([r.server_ms for r in group]):>10.2f} {_ms(med([r.user_ms for r in group])):>9} "
+                  f"{med([r.client_ms for r in group]):>10.2f} "
                   f"{_ms(med([r.db_ms for r in group])):>9} {(f'{tps:.0f}' if tps else '-'):>8} "
                   f"{(f'{ratio:.3f}' if ratio is not None else '-'):>6}")
     print("\nratio: req/s over the baseline's tx/s at the same client count, in the same round. srv ms/req: CPU of"
-          "\nthe gunicorn processes per request; cli ms/req: the load generator's CPU per request (same cores);"
+          "\nthe gunicorn processes per request (of it usr: in user mode, i.e. Python and the C libraries it calls;"
+          "\nthe rest is the kernel's work for them); cli ms/req: the load generator's CPU per request (same cores);"
           "\ndb ms/req: every local PostgreSQL process's CPU per request (anything else using the server counts too).")
     profiled = [run for run in runs if run.profile]
     if profiled:
