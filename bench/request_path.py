@@ -633,6 +633,8 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = [s for s in args.scenarios.split(",") if s]
     if set(scenarios) - set(SCENARIOS) or not clients or min(clients) < 1 or args.rounds < 1 or args.seconds <= 0:
         parser.error("bad --scenarios, --clients, --rounds or --seconds")
+    if args.py_spy is not None and not (VENV_BIN / "py-spy").exists():
+        parser.error(f"--py-spy needs py-spy in {VENV_BIN} (pip install py-spy)")
     baseline, missing = (None if args.no_baseline else args.baseline.resolve()), None
     if baseline is not None and not (baseline.is_file() and os.access(baseline, os.X_OK)):
         note(f"baseline script {baseline} not found: ratios will be skipped")
