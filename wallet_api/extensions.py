@@ -1,5 +1,4 @@
 """Extension singletons, bound to an app in `create_app`."""
-from flask_jwt_extended import JWTManager
 from flask_limiter import Limiter
 from flask_migrate import Migrate
 from wallet_api.errors import WalletApi
@@ -8,6 +7,7 @@ from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
 
 from wallet_api.database import ReconnectingSession
+from wallet_api.jwt_manager import RememberingJWTManager
 from wallet_api.ratelimit import rate_limit_key
 
 
@@ -25,5 +25,5 @@ class Base(DeclarativeBase):
 db = SQLAlchemy(model_class=Base, session_options={"class_": ReconnectingSession})
 migrate = Migrate()
 api = WalletApi()
-jwt = JWTManager()
+jwt = RememberingJWTManager()  # remembers verified access tokens: wallet_api/jwt_manager.py
 limiter = Limiter(rate_limit_key)
