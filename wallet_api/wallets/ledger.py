@@ -618,16 +618,21 @@ def _expire_cached_wallets(session: Session, wallets: dict) -> None:
             session.expire(cached)
 
 
+def _json_default(obj):
+    if isinstance(obj, (uuid.UUID, Decimal)):
+        return str(obj)
+    if isinstance(obj, (dt.datetime, dt.date)):
+        return obj.isoformat()
+    raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON serialisable")
+
+
+# One encoder: json.dumps with `default` builds a new one on every call.
+_METADATA_ENCODER = json.JSONEncoder(default=_json_default)
+
+
 def _json(value: dict) -> str:
     """Metadata as JSON text: UUIDs, Decimals (as strings, never floats) and datetimes allowed."""
-    def default(obj):
-        if isinstance(obj, (uuid.UUID, Decimal)):
-            return str(obj)
-        if isinstance(obj, (dt.datetime, dt.date)):
-            return obj.isoformat()
-        raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON serialisable")
-
-    return json.dumps(value, default=default)
+    return _METADATA_ENCODER.encode(value)
 
 
 # --- cached balance corrections ----------------------------------------------------------------
