@@ -255,21 +255,27 @@ def server_cpu_split(master: int) -> tuple[float, float]:
     return user / TICK, system / TICK
 
 
-def postgres_cpu_seconds() -> float | None:
-    """CPU of every local PostgreSQL process (postmaster, backends, WAL writer ...), None if none is
-    visible (a remote server). Backends that exit meanwhile take their CPU with them: pools keep theirs."""
-    ticks, seen = 0, False
+def postgres_cpu_ticks() -> dict[int, int] | None:
+    """CPU ticks of every local PostgreSQL process (postmaster, backends, WAL writer ...) by pid,
+    None if none is visible (a remote server)."""
+    ticks = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if (entry / "comm").read_text().strip() != "postgres":
-                continue
-            ticks += sum(int(v) for v in _stat(int(entry.name))[11:13])
-            seen = True
+            if (entry / "comm").read_text().strip() == "postgres":
+                ticks[int(entry.name)] = sum(int(v) for v in _stat(int(entry.name))[11:13])
         except OSError:
             continue
-    return ticks / TICK if seen else None
+    return ticks or None
+
+
+def postgres_cpu_between(before: dict[int, int] | None, after: dict[int, int] | None) -> float | None:
+    """PostgreSQL's CPU seconds between two readings: processes alive at both, plus those started
+    in between. One that exited in between took its CPU with it (pools keep their backends)."""
+    if before is None or after is None:
+        return None
+    return sum(ticks - before.get(pid, 0) for pid, ticks in after.items() if ticks >= before.get(pid, 0)) / TICK
 
 
 # --------------------------------------------------------------------------- load generation
@@ -463,7 +469,7 @@ def run_scenario(port: int | list[int], master: int | list[int], scenario: str, 
         process.start()
     time.sleep(max(0.0, measure_from - time.time()))
     user_before, cpu_before = _user_and_total(masters)
-    db_before = postgres_cpu_seconds()
+    db_before = postgres_cpu_ticks()
     spy = None
     if profile is not None:
         spy = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(masters[0]), "--subprocesses", "--gil",
@@ -472,7 +478,7 @@ def run_scenario(port: int | list[int], master: int | list[int], scenario: str, 
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(max(0.0, until - time.time()))
     user_after, cpu_after = _user_and_total(masters)
-    db_after = postgres_cpu_seconds()
+    db_after = postgres_cpu_ticks()
     if spy is not None:
         spy.wait(timeout=60)
     results = [out.get(timeout=120) for _ in processes]
@@ -484,7 +490,7 @@ def run_scenario(port: int | list[int], master: int | list[int], scenario: str, 
             statuses[status] = statuses.get(status, 0) + n
     return Run(0, scenario, clients, seconds, [ms for lat, *_ in results for ms in lat],
                sum(r[1] for r in results), statuses, cpu_after - cpu_before, sum(r[3] for r in results),
-               db_after - db_before if db_before is not None and db_after is not None else None,
+               postgres_cpu_between(db_before, db_after),
                user_after - user_before)
 
 
