@@ -612,6 +612,8 @@ def _system_wallet_id(session: Session, account: str, currency: str) -> uuid.UUI
 
 def _expire_cached_wallets(session: Session, wallets: dict) -> None:
     """Wallet objects the caller loaded into this session now hold a stale balance."""
+    if not session.identity_map:  # the usual case: nothing loaded, no identity keys to build
+        return
     for wallet_id in wallets:
         cached = session.identity_map.get(session.identity_key(Wallet, wallet_id))
         if cached is not None:
