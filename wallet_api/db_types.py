@@ -25,7 +25,7 @@ def utcnow() -> dt.datetime:
 
 def metadata_json(value: dict) -> str:
     """JSON text for a JSONB metadata column: UUIDs, Decimals (as strings, never floats) and datetimes allowed."""
-    return json.dumps(value, default=_json_default)
+    return _METADATA_ENCODER.encode(value)
 
 
 def _json_default(obj):
@@ -34,6 +34,10 @@ def _json_default(obj):
     if isinstance(obj, (dt.datetime, dt.date)):
         return obj.isoformat()
     raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON serialisable")
+
+
+# One encoder: json.dumps with `default` builds a new one on every call (a ledger write has one).
+_METADATA_ENCODER = json.JSONEncoder(default=_json_default)
 
 
 __all__ = ["Money", "uuid_pk", "timestamp_column", "utcnow", "metadata_json", "Decimal"]

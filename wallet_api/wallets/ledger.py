@@ -70,7 +70,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -85,6 +84,7 @@ from structlog.contextvars import bound_contextvars
 
 from wallet_api import audit, metrics
 from wallet_api.database import lost_before_commit
+from wallet_api.db_types import metadata_json
 from wallet_api.errors import ApiError, Conflict, NotFound, ServiceUnavailable, Unprocessable, field_error
 from wallet_api.extensions import db
 from wallet_api.prepared_statements import PreparedStatement, sql_for
@@ -532,7 +532,7 @@ def _apply(session: Session, move: _Movement, *, nested: bool = False) -> Ledger
     written = connection.exec_driver_sql(sql_for(connection, *(_WRITE_NESTED if nested else (_WRITE,))), {
         "id": transaction_id, "kind": move.kind, "currency": currency, "amount": move.amount,
         "reference": move.reference, "key": move.idempotency_key, "initiated_by": move.initiated_by,
-        "metadata": _json(move.metadata or {}),
+        "metadata": metadata_json(move.metadata or {}),
         "leg_wallets": [leg[0] for leg in legs], "leg_amounts": [leg[1] for leg in legs],
         "leg_balances": [leg[2] for leg in legs], "leg_keys": [leg[3] for leg in legs],
         "user_wallets": [w for w, _ in user_legs], "user_balances": [b for _, b in user_legs],
@@ -620,21 +620,6 @@ def _expire_cached_wallets(session: Session, wallets: dict) -> None:
             session.expire(cached)
 
 
-def _json_default(obj):
-    if isinstance(obj, (uuid.UUID, Decimal)):
-        return str(obj)
-    if isinstance(obj, (dt.datetime, dt.date)):
-        return obj.isoformat()
-    raise TypeError(f"metadata value of type {type(obj).__name__} is not JSON serialisable")
-
-
-# One encoder: json.dumps with `default` builds a new one on every call.
-_METADATA_ENCODER = json.JSONEncoder(default=_json_default)
-
-
-def _json(value: dict) -> str:
-    """Metadata as JSON text: UUIDs, Decimals (as strings, never floats) and datetimes allowed."""
-    return _METADATA_ENCODER.encode(value)
 
 
 # --- cached balance corrections ----------------------------------------------------------------
