@@ -1,11 +1,10 @@
 """flask-jwt-extended's JWTManager, remembering the access tokens it has verified.
 
-A client sends the same access token with every request for its 15 minutes, and verifying it was
-the largest single cost of an authenticated request after the database (docs/PERFORMANCE.md:
-0.3-0.5 ms of a transfer's CPU under load). flask-jwt-extended 4.7 decodes each token three
-times (twice unverified, for a `decode_key_loader`, then once verified), and PyJWT 2.15 checks each
-base64url segment character by character in Python and probes the HMAC key for PEM, SSH and DER
-forms on every verification.
+A client sends the same access token with every request for its 15 minutes, and verifying it cost
+0.38-0.48 ms of a transfer's CPU under load, 11-14% of it (docs/PERFORMANCE.md, third pass).
+flask-jwt-extended 4.7 decodes each token three times (twice unverified, for a `decode_key_loader`,
+then once verified), and PyJWT 2.15 checks each base64url segment character by character in Python
+and probes the HMAC key for PEM, SSH and DER forms on every verification.
 
 So each app keeps, per process, the claims of the tokens upstream's full decode accepted: the
 exact token text, with the key it was verified with, maps to its claims.

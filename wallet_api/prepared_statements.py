@@ -1,8 +1,8 @@
 """Server-side prepared statements for the hottest SQL, over psycopg2's simple protocol.
 
 psycopg2 sends every statement as text, so PostgreSQL parses, analyses and plans it on every call:
-for the ledger's two round trips that was about 0.5 ms of the server's CPU per transfer, more than
-executing them (docs/PERFORMANCE.md, "Prepared statements"). A statement declared here is
+for the ledger's two round trips that took more of PostgreSQL's CPU than executing them (prepared,
+its CPU per transfer fell by about a third: docs/PERFORMANCE.md, third pass, item 12). A statement declared here is
 PREPAREd once per database connection, on its first use there, in a round trip of its own, and
 then sent as `EXECUTE name(...)`: PostgreSQL plans it a few times, then keeps a generic plan.
 Several EXECUTEs still travel in one multi-statement string, so no round trip is added.

@@ -39,7 +39,7 @@ def prepared_on_server() -> dict[str, int]:
 
 
 @pytest.fixture
-def sent(one_connection_app):
+def sent():
     """sent(app) -> the list of statements that app sends from now on."""
     def watch(app):
         statements = []
